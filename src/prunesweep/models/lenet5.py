@@ -1,0 +1,36 @@
+"""LeNet-5 as in the seed article (Caffe's variant): conv20-conv50-fc500-fc10, 431,080 parameters."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LeNet5(nn.Module):
+    """conv 1→20 (5×5), pool; conv 20→50 (5×5), pool; fc 800→500; fc 500→10.
+
+    >>> model = LeNet5()
+    >>> sum(p.numel() for p in model.parameters())
+    431080
+    >>> model(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+    """
+
+    # Layers the pruning engine may touch, in forward order; the last one is the classifier,
+    # whose outputs (the classes) are never removed.
+    prunable_layers: tuple[str, ...] = ("conv1", "conv2", "fc1", "fc2")
+    classifier: str = "fc2"
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 20, kernel_size=5)
+        self.conv2 = nn.Conv2d(20, 50, kernel_size=5)
+        self.fc1 = nn.Linear(50 * 4 * 4, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        return self.fc2(x)
