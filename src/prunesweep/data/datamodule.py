@@ -1,0 +1,161 @@
+"""LightningDataModule for MNIST / Fashion-MNIST held entirely in memory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from .errors import DataError
+from .idx import read_idx
+from .loaders import InMemoryLoader
+from .sources import DATASETS, DEFAULT_SOURCES, Source, ensure_raw_files
+
+# Offset so calibration batches never coincide with the order of any training epoch (seed + epoch).
+_CALIBRATION_SEED_OFFSET = 1_000_003
+
+
+def default_data_root() -> Path:
+    """Per-user cache dir for raw files: ``$XDG_CACHE_HOME/prunesweep/data`` (``~/.cache`` by default)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "prunesweep" / "data"
+
+
+def _load_images(path: Path) -> torch.Tensor:
+    """IDX images -> float32 ``[N, 1, H, W]`` in [0, 1]."""
+    return read_idx(path).unsqueeze(1).to(torch.float32).div_(255.0)
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """MNIST or Fashion-MNIST (``name``) as in-memory tensors with a fixed train/val split.
+
+    ``prepare_data`` fetches and verifies the raw files (see :func:`ensure_raw_files`); ``setup`` loads all
+    four files, splits the 60k training images into train / val (``val_size``) with a generator seeded by
+    ``split_seed`` — the same split for every run with that seed — and optionally keeps only the first
+    ``train_subset`` of the (shuffled) train part.  Loaders are :class:`InMemoryLoader`.
+    """
+
+    num_classes: int = 10
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        root: str | Path | None = None,
+        batch_size: int = 256,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        train_subset: int | None = None,
+        split_seed: int = 0,
+        normalize: bool = True,
+        sources: Sequence[str | Source] = DEFAULT_SOURCES,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        super().__init__()
+        if name not in DATASETS:
+            raise DataError(f"unknown dataset {name!r} (data.name); known: {', '.join(sorted(DATASETS))}")
+        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
+            if int(value) < 1:
+                raise DataError(f"{key} must be >= 1, got {value}")
+        self.name = name
+        self.spec = DATASETS[name]
+        self.root = Path(root).expanduser() if root is not None else default_data_root()
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.val_size = int(val_size)
+        self.train_subset = None if train_subset is None else int(train_subset)
+        self.split_seed = int(split_seed)
+        self.normalize = normalize
+        self.sources = list(sources) if not isinstance(sources, str) else [sources]
+        self.log = log
+        self._raw: Path | None = None
+        self.x_train: torch.Tensor | None = None
+        self.y_train = self.x_val = self.y_val = self.x_test = self.y_test = None
+
+    def prepare_data(self) -> None:
+        self._raw = ensure_raw_files(self.name, self.root, self.sources, self.log)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.x_train is not None:  # idempotent: Lightning calls setup once per stage
+            return
+        # Without prepare_data in this process (other ranks, or setup() called directly) verify here; on a
+        # warm cache that is only a stamp check.
+        raw = self._raw or ensure_raw_files(self.name, self.root, self.sources, self.log)
+        x_all = _load_images(raw / "train-images-idx3-ubyte")
+        y_all = read_idx(raw / "train-labels-idx1-ubyte")
+        x_test = _load_images(raw / "t10k-images-idx3-ubyte")
+        y_test = read_idx(raw / "t10k-labels-idx1-ubyte")
+        n = len(x_all)
+        if not 1 <= self.val_size < n:
+            raise DataError(f"data.val_size must be in 1..{n - 1}, got {self.val_size}")
+        n_train = n - self.val_size
+        if self.train_subset is not None and not 1 <= self.train_subset <= n_train:
+            raise DataError(
+                f"data.train_subset must be in 1..{n_train} (the train part left after data.val_size="
+                f"{self.val_size}), or null for all; got {self.train_subset}"
+            )
+        if self.normalize:
+            mean, std = self.spec.mean, self.spec.std
+            x_all.sub_(mean).div_(std)
+            x_test.sub_(mean).div_(std)
+        # Own generator: the split must not depend on (or disturb) the global RNG state.
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
+        if self.train_subset is not None:
+            train_idx = train_idx[: self.train_subset]
+        self.x_train, self.y_train = x_all[train_idx], y_all[train_idx]
+        self.x_val, self.y_val = x_all[val_idx], y_all[val_idx]
+        self.x_test, self.y_test = x_test, y_test
+
+    def __repr__(self) -> str:
+        # Lightning's default __str__ calls every *_dataloader() (here: fetch + load the data) and then
+        # fails on non-DataLoader iterables, so describe the module from its attributes instead.
+        sizes = (
+            f"train={len(self.x_train)}, val={len(self.x_val)}, test={len(self.x_test)}"
+            if self.x_train is not None
+            else "not set up"
+        )
+        return (
+            f"MNISTDataModule(name={self.name!r}, root={str(self.root)!r}, batch_size={self.batch_size}, "
+            f"val_size={self.val_size}, train_subset={self.train_subset}, split_seed={self.split_seed}; "
+            f"{sizes})"
+        )
+
+    __str__ = __repr__
+
+    def _require_setup(self) -> None:
+        if self.x_train is None:
+            self.setup()
+
+    def train_dataloader(self) -> InMemoryLoader:
+        self._require_setup()
+        return InMemoryLoader(self.x_train, self.y_train, self.batch_size, shuffle=True, seed=self.split_seed)
+
+    def val_dataloader(self) -> InMemoryLoader:
+        self._require_setup()
+        return InMemoryLoader(self.x_val, self.y_val, self.eval_batch_size)
+
+    def test_dataloader(self) -> InMemoryLoader:
+        self._require_setup()
+        return InMemoryLoader(self.x_test, self.y_test, self.eval_batch_size)
+
+    def calibration_batches(self, n: int, batch_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``n`` training batches for pruning-importance estimates; the same ones on every call and run.
+
+        Drawn from their own seeded permutation, so they don't depend on how far training has iterated.
+        """
+        self._require_setup()
+        bs = self.batch_size if batch_size is None else int(batch_size)
+        loader = InMemoryLoader(
+            self.x_train, self.y_train, bs, shuffle=True, seed=self.split_seed + _CALIBRATION_SEED_OFFSET
+        )
+        if not 1 <= n <= len(loader):
+            raise DataError(
+                f"calibration needs 1..{len(loader)} batches of {bs} from {len(self.x_train)} training "
+                f"images; got n={n}"
+            )
+        it = iter(loader)
+        return [next(it) for _ in range(n)]
