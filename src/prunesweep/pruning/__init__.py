@@ -1,0 +1,66 @@
+"""Pruning engine: importance (scores) x granularity (units) x threshold (allocation), then surgery.
+
+Plain PyTorch + Torch-Pruning; no Lightning, MLflow or Hydra here, so every piece can be unit-tested and
+reused. The pieces are swappable through name registries:
+
+* :mod:`.units` — ``GRANULARITIES``: ``unstructured`` (single weights) and ``channel`` (filters/neurons).
+* :mod:`.importance` — ``IMPORTANCES``: ``l1``, ``l2``, ``taylor``, ``entropy``, ``random``.
+* :mod:`.thresholds` — ``THRESHOLDS``: ``global``, ``layerwise``, ``statistical``.
+* :mod:`.masks` — :func:`compute_masks` / :func:`apply_masks` and friends.
+* :mod:`.reconstruct` — physically smaller models and sparse exports; :mod:`.measure` — params/MACs/latency.
+
+Target semantics: for ``unstructured`` the sparsity is the fraction of the pruned layers' *weights* (biases
+are never pruned); for ``channel`` it is the fraction of *units* (per layer for layerwise, across all pruned
+layers for global). Parameter sparsity over everything is measured separately with :func:`count_params`.
+"""
+
+from prunesweep.pruning._util import clone_model
+from prunesweep.pruning.importance import IMPORTANCES, Importance
+from prunesweep.pruning.masks import (
+    LayerReport,
+    MaskPlan,
+    apply_masks,
+    compute_masks,
+    export_state_dict,
+    make_permanent,
+    masked_nonzero,
+)
+from prunesweep.pruning.measure import count_macs, count_params, latency_ms, layer_sparsity, size_bytes
+from prunesweep.pruning.reconstruct import architecture, load_sparse_export, rebuild_channels, sparse_export
+from prunesweep.pruning.spec import PruningConfigError, PruningSpec, resolve_layers, validate_spec
+from prunesweep.pruning.thresholds import DISTRIBUTIONS, NORMALIZERS, THRESHOLDS, Threshold
+from prunesweep.pruning.units import GRANULARITIES, Channel, Granularity, Unstructured
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "GRANULARITIES",
+    "IMPORTANCES",
+    "NORMALIZERS",
+    "THRESHOLDS",
+    "Channel",
+    "Granularity",
+    "Importance",
+    "LayerReport",
+    "MaskPlan",
+    "PruningConfigError",
+    "PruningSpec",
+    "Threshold",
+    "Unstructured",
+    "apply_masks",
+    "architecture",
+    "clone_model",
+    "compute_masks",
+    "count_macs",
+    "count_params",
+    "export_state_dict",
+    "latency_ms",
+    "layer_sparsity",
+    "load_sparse_export",
+    "make_permanent",
+    "masked_nonzero",
+    "rebuild_channels",
+    "resolve_layers",
+    "size_bytes",
+    "sparse_export",
+    "validate_spec",
+]

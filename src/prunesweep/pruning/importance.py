@@ -1,0 +1,242 @@
+"""Importance: a score per unit (per weight for unstructured), higher = more worth keeping.
+
+Scores are plain detached tensors keyed by layer name, shaped like the layer's weight for unstructured and
+``(n_units,)`` for structured granularities. Strategies subclass :class:`Importance` and register a name:
+
+>>> import torch
+>>> from prunesweep.models import LeNet300
+>>> from prunesweep.pruning.units import Channel, Unstructured
+>>> model = LeNet300()
+>>> {k: tuple(v.shape) for k, v in L1().score(model, ["fc1", "fc2"], Unstructured()).items()}
+{'fc1': (300, 784), 'fc2': (100, 300)}
+>>> tuple(L2().score(model, ["fc2"], Channel())["fc2"].shape)
+(100,)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from prunesweep.pruning._util import effective_param, eval_mode, model_device, trainable_param
+from prunesweep.pruning.units import Granularity
+
+if TYPE_CHECKING:
+    from prunesweep.pruning.spec import PruningSpec
+
+Calibration = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+IMPORTANCES: dict[str, type[Importance]] = {}
+
+
+def register_importance(name: str):
+    """Class decorator: make an :class:`Importance` subclass selectable as ``pruning.importance=<name>``."""
+
+    def decorate(cls: type[Importance]) -> type[Importance]:
+        cls.name = name
+        IMPORTANCES[name] = cls
+        return cls
+
+    return decorate
+
+
+class Importance:
+    """Base class: ``score(model, layer_names, granularity, calib) -> {layer: scores}``."""
+
+    name: ClassVar[str] = ""
+    #: True when scores need data (``calib`` batches of ``(x, y)``).
+    requires_calibration: ClassVar[bool] = False
+    #: Granularity names this importance is defined for; ``None`` = all.
+    granularities: ClassVar[frozenset[str] | None] = None
+    #: Why ``granularities`` is restricted (quoted in the config error).
+    why_restricted: ClassVar[str] = ""
+
+    @classmethod
+    def from_spec(cls, spec: PruningSpec) -> Importance:
+        return cls()
+
+    def score(
+        self,
+        model: nn.Module,
+        layer_names: Sequence[str],
+        granularity: Granularity,
+        calib: Calibration | None = None,
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _need_calib(self, calib: Calibration | None) -> Calibration:
+        if calib is None:
+            from prunesweep.pruning.spec import PruningConfigError  # local: spec imports this module
+
+            raise PruningConfigError(
+                f"pruning.importance={self.name} needs calibration batches: pass calib=<iterable of (x, y)>"
+            )
+        return calib
+
+
+@register_importance("l1")
+class L1(Importance):
+    """Magnitude: ``|w|`` per weight, the L1 norm of the unit's weights per unit (Li et al. 2017)."""
+
+    p: ClassVar[int] = 1
+
+    def score(self, model, layer_names, granularity, calib=None):
+        scores = {}
+        for layer in layer_names:
+            module = model.get_submodule(layer)
+            weight = effective_param(module, "weight").detach()
+            if not granularity.structured:
+                # |w| itself (not (|w|^p)^(1/p)): ranks and ties bit-identical to torch.nn.utils.prune.
+                scores[layer] = weight.abs()
+            elif self.p == 1:
+                scores[layer] = granularity.reduce(module, weight.abs())
+            else:
+                scores[layer] = granularity.reduce(module, weight.pow(2)).sqrt()
+        return scores
+
+
+@register_importance("l2")
+class L2(L1):
+    """L2 norm of the unit's weights (for single weights this is ``|w|``, i.e. the same ranking as l1)."""
+
+    p = 2
+
+
+@register_importance("taylor")
+class Taylor(Importance):
+    """First-order Taylor estimate of the loss change, ``|w · ∂L/∂w|`` (Molchanov et al. 2017/2019).
+
+    Cross-entropy on up to ``calib_batches`` batches, run in eval mode (no dropout noise, no BatchNorm
+    statistics updates). Per-batch ``|w·g|`` terms are summed; per unit they are summed over the unit.
+    Gradients come from ``torch.autograd.grad`` so no ``.grad`` is left on the model.
+    """
+
+    requires_calibration = True
+
+    def __init__(self, calib_batches: int = 8) -> None:
+        self.calib_batches = calib_batches
+
+    @classmethod
+    def from_spec(cls, spec: PruningSpec) -> Taylor:
+        return cls(calib_batches=spec.calib_batches)
+
+    def score(self, model, layer_names, granularity, calib=None):
+        calib = self._need_calib(calib)
+        modules = [model.get_submodule(layer) for layer in layer_names]
+        params = [trainable_param(module, "weight") for module in modules]
+        flags = [p.requires_grad for p in params]
+        totals = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        device = model_device(model)
+        n_batches = 0
+        try:
+            for p in params:
+                p.requires_grad_(True)
+            with eval_mode(model), torch.enable_grad():
+                for x, y in itertools.islice(calib, self.calib_batches):
+                    loss = F.cross_entropy(model(x.to(device)), y.to(device))
+                    grads = torch.autograd.grad(loss, params)
+                    for total, module, grad in zip(totals, modules, grads, strict=True):
+                        # For a pruned weight, d/d(orig) = mask * d/d(effective); the masked entries have w=0,
+                        # so |w_eff * grad_orig| equals |w_eff * dL/dw_eff| everywhere.
+                        total += (effective_param(module, "weight").detach() * grad).abs().float()
+                    n_batches += 1
+        finally:
+            for p, flag in zip(params, flags, strict=True):
+                p.requires_grad_(flag)
+        if n_batches == 0:
+            raise ValueError("taylor importance got an empty calibration iterable")
+        return {
+            layer: granularity.reduce(module, total)
+            for layer, module, total in zip(layer_names, modules, totals, strict=True)
+        }
+
+
+@register_importance("entropy")
+class Entropy(Importance):
+    """Entropy of each unit's activation distribution over the calibration data (Luo & Wu 2017).
+
+    Conv outputs are reduced per sample to their spatial mean; each unit's values are histogrammed into
+    ``bins`` equal-width bins over that unit's own [min, max]. A unit whose output barely varies carries
+    little information, has low entropy and is pruned first. Constant units score 0.
+    """
+
+    requires_calibration = True
+    granularities = frozenset({"channel"})
+    why_restricted = "entropy scores a unit's activations"
+
+    def __init__(self, calib_batches: int = 8, bins: int = 32) -> None:
+        self.calib_batches = calib_batches
+        self.bins = bins
+
+    @classmethod
+    def from_spec(cls, spec: PruningSpec) -> Entropy:
+        return cls(calib_batches=spec.calib_batches)
+
+    def score(self, model, layer_names, granularity, calib=None):
+        calib = self._need_calib(calib)
+        if not granularity.structured:
+            raise ValueError(f"entropy importance needs a structured granularity, got {granularity.name}")
+        outputs: dict[str, list[torch.Tensor]] = {layer: [] for layer in layer_names}
+
+        def recorder(layer: str):
+            def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+                # (N, C, *spatial) -> (N, C): per-sample spatial mean; linear (N, C) stays as is.
+                values = output.flatten(2).mean(dim=2) if output.dim() > 2 else output
+                outputs[layer].append(values.detach().float())
+
+            return hook
+
+        handles = [model.get_submodule(layer).register_forward_hook(recorder(layer)) for layer in layer_names]
+        device = model_device(model)
+        n_batches = 0
+        try:
+            with eval_mode(model), torch.inference_mode():
+                for x, _ in itertools.islice(calib, self.calib_batches):
+                    model(x.to(device))
+                    n_batches += 1
+        finally:
+            for handle in handles:
+                handle.remove()
+        if n_batches == 0:
+            raise ValueError("entropy importance got an empty calibration iterable")
+        return {layer: self._entropy(torch.cat(outputs[layer])) for layer in layer_names}
+
+    def _entropy(self, values: torch.Tensor) -> torch.Tensor:
+        """Histogram entropy (nats) of each column of ``values`` (samples × units)."""
+        lo, hi = values.min(dim=0).values, values.max(dim=0).values
+        width = (hi - lo).clamp_min(torch.finfo(values.dtype).tiny)
+        bins = ((values - lo) / width * self.bins).long().clamp_(0, self.bins - 1)  # max lands in the last bin
+        counts = torch.zeros(self.bins, values.shape[1], device=values.device)
+        counts.scatter_add_(0, bins, torch.ones_like(values))
+        prob = counts / values.shape[0]
+        entropy = -(prob * prob.clamp_min(1e-12).log()).sum(dim=0)
+        # A constant unit has a single populated bin -> entropy exactly 0; clamp tiny negative round-off.
+        return entropy.clamp_min(0.0)
+
+
+@register_importance("random")
+class Random(Importance):
+    """Uniform scores from ``torch.Generator().manual_seed(seed)``: the baseline every method must beat."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    @classmethod
+    def from_spec(cls, spec: PruningSpec) -> Random:
+        return cls(seed=spec.seed)
+
+    def score(self, model, layer_names, granularity, calib=None):
+        generator = torch.Generator().manual_seed(self.seed)
+        scores = {}
+        for layer in layer_names:
+            module = model.get_submodule(layer)
+            weight = effective_param(module, "weight")
+            shape = weight.shape if not granularity.structured else (granularity.unit_count(module),)
+            # Drawn on CPU so the same seed gives the same ranking on every device.
+            scores[layer] = torch.rand(shape, generator=generator).to(weight.device)
+        return scores
