@@ -1,0 +1,94 @@
+"""Content-addressed dense checkpoints: train once per (model, data, training recipe, seed), reuse after.
+
+A sweep of N points costs one dense training plus N fine-tunes. Parallel jobs that need the same
+dense model serialise on a file lock: the first trains and saves, the others wait and load.
+Every file is written to a temporary name and renamed, and verified by its SHA-256 when read, so a
+killed job or a corrupted file leads to retraining, never to a half-read model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from filelock import FileLock, Timeout
+from torch import nn
+
+
+def dense_or_train(
+    cache_dir: str | Path,
+    key: str,
+    model: nn.Module,
+    train: Callable[[], None],
+    log: Callable[[str], None] = print,
+) -> bool:
+    """Load the cached dense weights for ``key`` into ``model``, or call ``train()`` and cache the result.
+
+    Returns True when it trained, False when it loaded.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{key}.pt"
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"dense model {key}: another job is training it; waiting to load its result")
+        lock.acquire()
+    try:
+        if path.exists():
+            state = load_verified(path)
+            if state is not None:
+                model.load_state_dict(state)
+                log(f"dense model {key}: loaded from {path}")
+                return False
+            log(f"dense model {key}: cached file {path} failed its checksum; retraining and replacing it")
+        log(f"dense model {key}: training (cache miss)")
+        train()
+        save_verified(model.state_dict(), path)
+        return True
+    finally:
+        lock.release()
+
+
+def save_verified(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write ``state`` and a ``.sha256`` sidecar, each atomically (temp file + rename)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    _atomic_write(path, payload)
+    _atomic_write(_sidecar(path), hashlib.sha256(payload).hexdigest().encode())
+
+
+def load_verified(path: Path) -> dict[str, torch.Tensor] | None:
+    """The state dict at ``path`` if its SHA-256 matches the sidecar, else None."""
+    try:
+        payload = path.read_bytes()
+        expected = _sidecar(path).read_text().strip()
+    except OSError:
+        return None
+    if hashlib.sha256(payload).hexdigest() != expected:
+        return None
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(path.suffix + ".sha256")
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,217 @@
+"""Validation of a composed config, and the pieces of it that identify a run.
+
+Everything here runs before any data is fetched or any MLflow run is opened, so a typo costs
+seconds, not a training. Errors name the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from prunesweep.models import MODELS, build_model
+from prunesweep.pruning import PruningConfigError, PruningSpec, validate_spec
+
+DATASETS = ("mnist", "fashion_mnist")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("oneshot", "iterative", "gradual")
+REWINDS = (None, "init")
+TRAIN_IMAGES = 60_000  # both MNIST and Fashion-MNIST
+
+# Keys that change how a run is executed or where it is stored, not what it computes.
+# They are left out of the config hash, so a resumed sweep recognises its finished points.
+_NOT_IN_HASH = ("tracking", "paths", "trainer", "threads", "hydra")
+_DATA_KEYS_NOT_IN_HASH = ("root", "sources", "eval_batch_size", "_target_")
+
+
+class ConfigError(ValueError):
+    """A config value is out of range, of the wrong type, or makes no sense with another."""
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the whole composed config; raise ConfigError naming the first bad key.
+
+    >>> from omegaconf import OmegaConf
+    >>> validate(OmegaConf.create({"seed": 0}))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    prunesweep.config.ConfigError: data is missing from the config ...
+    """
+    for group in ("data", "model", "train", "finetune", "pruning", "tracking"):
+        if OmegaConf.select(cfg, group) is None:
+            raise ConfigError(f"{group} is missing from the config (is the conf/ directory complete?)")
+    _integer(cfg, "seed", low=0)
+    if cfg.get("threads") is not None:
+        _integer(cfg, "threads", low=1)
+
+    _choice(cfg, "data.name", DATASETS)
+    _integer(cfg, "data.val_size", low=1, high=TRAIN_IMAGES - 1)
+    if cfg.data.get("train_subset") is not None:
+        _integer(cfg, "data.train_subset", low=1, high=TRAIN_IMAGES - int(cfg.data.val_size))
+    root = Path(str(cfg.data.root)).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"data.root={cfg.data.root!r} is a file; it must be a directory (or not exist yet)")
+
+    _choice(cfg, "model.name", tuple(MODELS))
+    # Hydra instantiates these: only prunesweep's own classes, never an arbitrary callable from a command line.
+    for group in ("data", "model"):
+        target = str(OmegaConf.select(cfg, f"{group}._target_", default=""))
+        if not target.startswith("prunesweep."):
+            raise ConfigError(f"{group}._target_={target!r} is not allowed; only prunesweep.* classes are built")
+
+    for stage in ("train", "finetune"):
+        _integer(cfg, f"{stage}.epochs", low=1)
+        _number(cfg, f"{stage}.lr", low=0.0, low_inclusive=False)
+        _choice(cfg, f"{stage}.optimizer", OPTIMIZERS)
+        _number(cfg, f"{stage}.momentum", low=0.0, high=1.0, high_inclusive=False)
+        _number(cfg, f"{stage}.weight_decay", low=0.0)
+    _integer(cfg, "train.batch_size", low=1)
+
+    _choice(cfg, "pruning.schedule", SCHEDULES)
+    _integer(cfg, "pruning.rounds", low=1)
+    _integer(cfg, "pruning.gradual.frequency", low=1)
+    _number(cfg, "pruning.gradual.end_fraction", low=0.0, high=1.0, low_inclusive=False)
+    _choice(cfg, "pruning.rewind", REWINDS)
+    _number(cfg, "pruning.sparsity", low=0.0, high=1.0, high_inclusive=False)
+    try:
+        validate_spec(pruning_spec(cfg), build_model(str(cfg.model.name)))
+    except PruningConfigError as err:
+        raise ConfigError(str(err)) from None
+
+    uri = str(cfg.tracking.uri)
+    if not uri.startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql")):
+        raise ConfigError(
+            f"tracking.uri={uri!r} is not a supported MLflow store; use sqlite:///path/to/mlflow.db "
+            "or the http://127.0.0.1:PORT of an `mlflow server` (MLflow refuses the old ./mlruns file store)"
+        )
+    if not str(cfg.tracking.experiment).strip():
+        raise ConfigError("tracking.experiment is empty; give the MLflow experiment a name")
+
+
+def check_writable(path: str | Path, key: str) -> None:
+    """Create ``path`` and write a probe file: a read-only or full disk fails now, not after training."""
+    folder = Path(path).expanduser()
+    probe = folder / ".prunesweep-write-probe"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{key}={str(path)!r} is not a writable folder: {err.strerror or err}") from None
+
+
+def pruning_spec(cfg: DictConfig) -> PruningSpec:
+    """The engine's plain-Python view of ``cfg.pruning`` (no OmegaConf inside the engine)."""
+    p = cfg.pruning
+    layers = tuple(p.layers) if p.get("layers") else ()
+    stat = p.get("stat") or {}
+    return PruningSpec(
+        sparsity=float(p.sparsity),
+        granularity=str(p.granularity),
+        importance=str(p.importance),
+        threshold=str(p.threshold),
+        layers=layers,
+        normalize=str(p.get("normalize", "auto")),
+        layer_sparsity={str(k): float(v) for k, v in (p.get("layer_sparsity") or {}).items()},
+        stat_distribution=str(stat.get("distribution", "normal")),
+        stat_k=None if stat.get("k") is None else float(stat.get("k")),
+        calib_batches=int(p.get("calib_batches", 8)),
+        seed=int(cfg.seed),
+    )
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """Resolved config as plain containers, without Hydra's own node."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    data.pop("hydra", None)
+    return data
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Identity of a sweep point: everything that determines its numbers, nothing that only places it."""
+    data = {k: v for k, v in plain(cfg).items() if k not in _NOT_IN_HASH}
+    data["data"] = {k: v for k, v in data.get("data", {}).items() if k not in _DATA_KEYS_NOT_IN_HASH}
+    return _digest(data)
+
+
+def dense_key(cfg: DictConfig) -> str:
+    """Identity of the dense model: model, data, training recipe and seed. Pruning is not part of it."""
+    data = plain(cfg)
+    return _digest(
+        {
+            "model": data["model"],
+            "data": {k: v for k, v in data["data"].items() if k not in _DATA_KEYS_NOT_IN_HASH},
+            "train": data["train"],
+            "seed": data["seed"],
+        }
+    )
+
+
+def flatten(obj: Mapping[str, Any] | Iterable[Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; the form MLflow params take.
+
+    >>> flatten({"pruning": {"sparsity": 0.5, "layers": ["fc1", "fc2"]}})
+    {'pruning.sparsity': '0.5', 'pruning.layers': "['fc1', 'fc2']"}
+    """
+    out: dict[str, str] = {}
+    items = obj.items() if isinstance(obj, Mapping) else []
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, prefix=f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+# --- small typed checks: each names the key, the value and the allowed range ---------------------
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple[Any, ...]) -> None:
+    value = _get(cfg, key)
+    if value not in allowed:
+        shown = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {shown}")
+
+
+def _number(
+    cfg: DictConfig,
+    key: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}={value!r} must be a number")
+    too_low = low is not None and (value < low or (value == low and not low_inclusive))
+    too_high = high is not None and (value > high or (value == high and not high_inclusive))
+    if too_low or too_high:
+        left = "[" if low_inclusive else "("
+        right = "]" if high_inclusive else ")"
+        span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+        raise ConfigError(f"{key}={value!r} is out of range; it must lie in {span}")
+    return float(value)
+
+
+def _integer(cfg: DictConfig, key: str, low: int | None = None, high: int | None = None) -> int:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value!r} must be a whole number")
+    _number(cfg, key, low=low, high=high)
+    return int(value)

@@ -1,0 +1,94 @@
+"""The MLflow store: open it, check it is reachable, find or create the experiment.
+
+All MLflow calls go through an explicit ``MlflowClient`` and run id, never MLflow's global
+"active run", so parallel jobs and threads cannot log into each other's runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be used (unreachable server, unwritable database folder)."""
+
+
+@dataclass
+class Store:
+    """An MLflow client bound to one experiment."""
+
+    client: MlflowClient
+    experiment_id: str
+    uri: str
+
+    def finished_point(self, config_hash: str, sweep_id: str) -> Run | None:
+        """A FINISHED run of this sweep with this config hash, if any: a resumed sweep skips that point."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.config_hash = '{config_hash}' and tags.sweep_id = '{sweep_id}' "
+                "and attributes.status = 'FINISHED'"
+            ),
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail at start, not after an hour of training, when the store cannot be reached."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).expanduser()
+        folder = db.parent if str(db.parent) else Path(".")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(f"tracking.uri={uri!r}: cannot create folder {folder}: {err}") from None
+        if db.exists() and not db.is_file():
+            raise TrackingError(f"tracking.uri={uri!r}: {db} exists and is not a file")
+        probe = folder / ".prunesweep-write-probe"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise TrackingError(f"tracking.uri={uri!r}: folder {folder} is not writable: {err}") from None
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as err:
+            raise TrackingError(
+                f"tracking.uri={uri!r} is unreachable ({err}); start it with "
+                "`mlflow server --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1` "
+                "or point tracking.uri at a sqlite:/// file"
+            ) from None
+
+
+def open_store(uri: str, experiment: str, artifact_root: str | None = None) -> Store:
+    """Client and experiment id; creates the experiment (with a local artifact folder) when missing."""
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return Store(client, found.experiment_id, uri)
+    location = None
+    if artifact_root and not uri.startswith(("http://", "https://")):
+        # Artifacts next to the database, not in MLflow's CWD-relative default.
+        location = Path(artifact_root).expanduser().resolve().as_uri()
+    try:
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    except Exception:
+        # Another process created it between our lookup and our create.
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        experiment_id = found.experiment_id
+    return Store(client, experiment_id, uri)

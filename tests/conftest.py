@@ -1,0 +1,44 @@
+"""Shared fixtures: config composition, a throwaway MLflow store, tiny real-MNIST overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from prunesweep.cli import CONF_DIR, register_sweeps
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path, store_uri: str) -> list[str]:
+    """A real point on real MNIST that runs in seconds: 512 training images, one epoch each."""
+    return [
+        f"paths.output_dir={tmp_path / 'outputs'}",
+        f"tracking.uri={store_uri}",
+        "data.train_subset=512",
+        "train.epochs=1",
+        "finetune.epochs=1",
+        "trainer.enable_progress_bar=false",
+    ]
+
+
+@pytest.fixture
+def make_cfg() -> Callable[..., DictConfig]:
+    """Compose conf/config.yaml with overrides, as the `prunesweep` command would (without running it)."""
+    register_sweeps()
+
+    def _compose(*overrides: str, hydra_cfg: bool = False) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=list(overrides), return_hydra_config=hydra_cfg)
+
+    return _compose

@@ -1,0 +1,108 @@
+"""Every config group composes; bad values are refused with a message naming the key before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prunesweep.cli import CONF_DIR, SWEEPS_DIR
+from prunesweep.config import ConfigError, config_hash, dense_key, flatten, pruning_spec, validate
+
+GROUP_OPTIONS = [
+    (group.name, option.stem)
+    for group in sorted(CONF_DIR.iterdir())
+    if group.is_dir() and group.name not in ("hydra", "experiment")
+    for option in sorted(group.glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_group_option_composes_and_validates(make_cfg, group, option):
+    cfg = make_cfg(f"{group}={option}")
+    validate(cfg)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_validates(make_cfg, experiment):
+    validate(make_cfg(f"+experiment={experiment}"))
+
+
+@pytest.mark.parametrize("sweep", sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+def test_every_sweep_is_a_multirun(make_cfg, sweep):
+    cfg = make_cfg(f"+sweep={sweep}", hydra_cfg=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.hydra.sweeper.params, "a sweep must sweep something"
+    validate(cfg)
+
+
+def test_seed_experiment_matches_the_article(make_cfg):
+    cfg = make_cfg("+experiment=seed_lenet5")
+    assert cfg.model.name == "lenet5"
+    assert list(cfg.pruning.layers) == ["conv1", "conv2", "fc1", "fc2"]
+    assert (cfg.pruning.sparsity, cfg.pruning.threshold, cfg.pruning.granularity) == (
+        0.5,
+        "layerwise",
+        "unstructured",
+    )
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.batch_size, cfg.train.momentum) == (10, 0.01, 256, 0.9)
+    assert (cfg.finetune.epochs, cfg.finetune.lr) == (5, 0.001)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("pruning.sparsity=1.5", "pruning.sparsity=1.5"),
+        ("pruning.sparsity=1.0", "pruning.sparsity=1.0"),
+        ("pruning.sparsity=-0.1", "pruning.sparsity=-0.1"),
+        ("pruning.sparsity=abc", "pruning.sparsity='abc' must be a number"),
+        ("pruning.threshold=bogus", "pruning.threshold"),
+        ("pruning.granularity=bogus", "pruning.granularity"),
+        ("pruning.importance=bogus", "pruning.importance"),
+        ("pruning.schedule=bogus", "pruning.schedule='bogus'"),
+        ("pruning.layers=[conv1,nope]", "nope"),
+        ("pruning.stat.k=-1", "pruning.stat.k"),
+        ("pruning.importance=entropy", "entropy"),  # with the default unstructured granularity
+        ("data.name=bogus", "data.name='bogus'"),
+        ("data.train_subset=0", "data.train_subset=0"),
+        ("data.train_subset=60000", "data.train_subset=60000"),
+        ("train.epochs=0", "train.epochs=0"),
+        ("finetune.lr=0", "finetune.lr=0"),
+        ("finetune.lr=-0.1", "finetune.lr=-0.1"),
+        ("train.optimizer=rmsprop", "train.optimizer='rmsprop'"),
+        ("model.name=alexnet", "model.name='alexnet'"),
+        ("tracking.uri=./mlruns", "tracking.uri='./mlruns'"),
+        ("model._target_=os.system", "model._target_='os.system' is not allowed"),
+        ("data._target_=builtins.eval", "data._target_='builtins.eval' is not allowed"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(make_cfg, override, message):
+    with pytest.raises(ConfigError) as info:
+        validate(make_cfg(override))
+    assert message in str(info.value)
+
+
+def test_data_root_that_is_a_file_is_refused(make_cfg, tmp_path: Path):
+    file = tmp_path / "not-a-dir"
+    file.write_text("x")
+    with pytest.raises(ConfigError, match=r"data\.root=.* is a file"):
+        validate(make_cfg(f"data.root={file}"))
+
+
+def test_config_hash_ignores_where_results_go_but_not_what_they_are(make_cfg):
+    base = make_cfg()
+    assert config_hash(base) == config_hash(make_cfg("tracking.uri=sqlite:///elsewhere.db", "paths.output_dir=/x"))
+    assert config_hash(base) != config_hash(make_cfg("pruning.sparsity=0.9"))
+    # the dense model does not depend on pruning or fine-tuning, only on model, data, training and seed
+    assert dense_key(base) == dense_key(make_cfg("pruning.sparsity=0.9", "finetune.epochs=2"))
+    assert dense_key(base) != dense_key(make_cfg("seed=1"))
+    assert dense_key(base) != dense_key(make_cfg("train.lr=0.02"))
+
+
+def test_pruning_spec_and_flatten(make_cfg):
+    cfg = make_cfg("pruning.stat.k=1.5", "pruning.layer_sparsity={fc2:0.25}", "pruning.threshold=statistical")
+    spec = pruning_spec(cfg)
+    assert spec.stat_k == 1.5
+    assert dict(spec.layer_sparsity) == {"fc2": 0.25}
+    flat = flatten({"pruning": {"sparsity": 0.5, "stat": {"k": None}}})
+    assert flat == {"pruning.sparsity": "0.5", "pruning.stat.k": "None"}

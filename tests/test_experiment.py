@@ -1,0 +1,184 @@
+"""One sweep point end to end on real MNIST (a small subset), read back from a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from prunesweep import experiment
+from prunesweep.models import LeNet5
+
+pytestmark = pytest.mark.slow
+
+
+def _only_run(store_uri: str, name: str | None = None):
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = client.get_experiment_by_name("prunesweep").experiment_id
+    runs = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"])
+    if name is not None:
+        runs = [r for r in runs if r.info.run_name == name]
+    return client, runs[0]
+
+
+def _download(client: MlflowClient, run_id: str, path: str, tmp_path: Path) -> Path:
+    return Path(client.download_artifacts(run_id, path, str(tmp_path)))
+
+
+def test_seed_pipeline_logs_everything_and_holds_masks(make_cfg, tiny_overrides, store_uri, tmp_path):
+    cfg = make_cfg(*tiny_overrides, "+experiment=seed_lenet5", "train.epochs=1", "finetune.epochs=2")
+    result = experiment.run(cfg)
+    assert result["status"] == "finished"
+
+    client, run = _only_run(store_uri)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "unstructured-layerwise-s0.50-seed0"
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert params["pruning.sparsity"] == "0.5" and params["train.lr"] == "0.01" and params["finetune.lr"] == "0.001"
+    assert tags["granularity"] == "unstructured" and tags["threshold"] == "layerwise" and tags["config_hash"]
+
+    # 50% of every layer's weights; biases (580 of them) are kept and counted in the total
+    assert metrics["params/total"] == 431_080
+    pruned_weights = sum(round(0.5 * n) for n in (500, 25_000, 400_000, 5_000))
+    assert metrics["params/nonzero"] == 431_080 - pruned_weights
+    assert metrics["sparsity/achieved"] == pytest.approx(pruned_weights / 431_080)
+    assert metrics["sparsity/target"] == 0.5
+    for layer, weights, biases in (
+        ("conv1", 500, 20),
+        ("conv2", 25_000, 50),
+        ("fc1", 400_000, 500),
+        ("fc2", 5_000, 10),
+    ):
+        assert metrics[f"sparsity/{layer}"] == pytest.approx(round(0.5 * weights) / (weights + biases))
+    for key in ("acc/dense", "acc/pruned", "acc/finetuned"):
+        assert 0.0 < metrics[key] <= 1.0
+    assert metrics["flops/remaining"] < metrics["flops/dense"]
+    # CSR costs ~8 bytes per nonzero (float32 value + int32 column), so at 50% it saves nothing; gzip does
+    assert metrics["size/pruned_bytes"] == pytest.approx(8 * metrics["params/nonzero"], rel=0.01)
+    assert metrics["size/compressed_bytes"] < metrics["size/dense_bytes"]
+    assert metrics["latency/dense_ms"] > 0 and metrics["latency/pruned_ms"] > 0
+
+    # per-epoch curves of dense training and fine-tuning
+    assert len(client.get_metric_history(run.info.run_id, "dense/train/loss")) == 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1]
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "layers.csv", "figures", "model"} <= artifacts
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert figures == {"figures/stage_accuracy.png", "figures/parameter_counts.png", "figures/fc1_weights.png"}
+    layers_csv = _download(client, run.info.run_id, "layers.csv", tmp_path).read_text()
+    assert layers_csv.splitlines()[0].startswith("layer,") and "threshold" in layers_csv.splitlines()[0]
+
+    # the exported weights load into a plain LeNet-5; pruned weights are exactly zero after fine-tuning
+    state_path = _download(client, run.info.run_id, "model/pruned_state_dict.pt", tmp_path)
+    state = torch.load(io.BytesIO(state_path.read_bytes()), weights_only=True)
+    plain = LeNet5()
+    plain.load_state_dict(state, strict=True)
+    nonzero = sum(int((p != 0).sum()) for p in plain.parameters())
+    assert nonzero == metrics["params/nonzero"]
+
+
+def test_second_point_reuses_the_dense_model(make_cfg, tiny_overrides, store_uri):
+    experiment.run(make_cfg(*tiny_overrides, "pruning.sparsity=0.5"))
+    experiment.run(make_cfg(*tiny_overrides, "pruning.sparsity=0.9", "pruning.threshold=global"))
+    client = MlflowClient(tracking_uri=store_uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("prunesweep").experiment_id])}
+    assert runs["unstructured-layerwise-s0.50-seed0"].data.tags["dense_cached"] == "False"
+    reused = runs["unstructured-global-s0.90-seed0"]
+    assert reused.data.tags["dense_cached"] == "True"
+    assert reused.data.metrics["acc/dense"] == runs["unstructured-layerwise-s0.50-seed0"].data.metrics["acc/dense"]
+    assert "dense/train/loss" not in reused.data.metrics
+    assert reused.data.metrics["sparsity/achieved"] == pytest.approx(0.9 * 430_500 / 431_080, abs=1e-6)
+
+
+def test_channel_point_is_physically_smaller(make_cfg, tiny_overrides, store_uri):
+    experiment.run(make_cfg(*tiny_overrides, "pruning.granularity=channel", "pruning.sparsity=0.5"))
+    _, run = _only_run(store_uri)
+    metrics, tags = run.data.metrics, run.data.tags
+    assert tags["arch/dense"] == "20-50-500-10"
+    assert tags["arch/pruned"] == "10-25-250-10"
+    assert metrics["rebuild/max_abs_diff"] <= 1e-5
+    assert metrics["sparsity/units"] == pytest.approx(0.5, abs=0.01)
+    # half the units of conv1, conv2 and fc1 go, and with them the next layer's matching inputs
+    conv1, conv2, fc1, fc2 = 10 * 1 * 25 + 10, 25 * 10 * 25 + 25, 250 * 25 * 16 + 250, 10 * 250 + 10
+    assert metrics["params/nonzero"] == conv1 + conv2 + fc1 + fc2
+    assert metrics["flops/remaining"] < 0.4 * metrics["flops/dense"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("pruning.schedule=iterative", "pruning.rounds=2", "finetune.epochs=2", "pruning.sparsity=0.75"),
+        ("pruning.schedule=gradual", "pruning.sparsity=0.75", "pruning.gradual.frequency=1"),
+        ("pruning.rewind=init", "pruning.sparsity=0.75"),
+        ("pruning.importance=taylor", "pruning.threshold=global", "pruning.sparsity=0.75", "finetune.optimizer=adam"),
+        ("pruning.granularity=channel", "pruning.importance=entropy", "pruning.threshold=statistical"),
+        ("model=lenet300", "pruning.threshold=statistical", "pruning.stat.k=1.0"),
+    ],
+    ids=["iterative", "gradual", "rewind", "taylor-adam", "entropy-statistical", "lenet300-k"],
+)
+def test_schedules_and_methods_finish_with_masks_held(make_cfg, tiny_overrides, store_uri, overrides):
+    result = experiment.run(make_cfg(*tiny_overrides, *overrides))
+    assert result["status"] == "finished"
+    _, run = _only_run(store_uri)
+    metrics = run.data.metrics
+    if "pruning.threshold=statistical" not in overrides:
+        expected = 0.75 if "pruning.sparsity=0.75" in overrides else 0.5
+        prunable = metrics["params/total"] - (580 if "model=lenet300" not in overrides else 410)
+        assert metrics["sparsity/achieved"] == pytest.approx(expected * prunable / metrics["params/total"], abs=2e-3)
+    else:
+        assert 0.0 < metrics["sparsity/achieved"] < 1.0
+    assert 0.0 < metrics["acc/finetuned"] <= 1.0
+
+
+def test_same_config_twice_gives_identical_results(make_cfg, tiny_overrides, tmp_path, store_uri):
+    results = []
+    for attempt in ("a", "b"):
+        # separate dense caches, so the dense model is trained twice
+        cfg = make_cfg(*tiny_overrides, f"paths.dense_cache={tmp_path / attempt}", "pruning.importance=taylor")
+        results.append(experiment.run(cfg))
+    for key in ("acc/dense", "acc/pruned", "acc/finetuned", "params/nonzero"):
+        assert results[0][key] == results[1][key], key
+
+
+def test_nan_loss_marks_the_run_failed_with_the_reason(make_cfg, tiny_overrides, store_uri):
+    with pytest.raises(FloatingPointError):
+        experiment.run(make_cfg(*tiny_overrides, "train.lr=1e12"))
+    _, run = _only_run(store_uri)
+    assert run.info.status == "FAILED"
+    assert "FloatingPointError" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("pruning.sparsity=1.5", "pruning.sparsity=1.5 is out of range"),
+        ("pruning.threshold=bogus", "pruning.threshold"),
+        ("data.name=bogus", "data.name='bogus'"),
+    ],
+)
+def test_cli_refuses_bad_input_before_any_work(tmp_path, override, message):
+    db = tmp_path / "mlflow.db"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prunesweep.cli",
+            override,
+            f"tracking.uri=sqlite:///{db}",
+            f"paths.output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert not db.exists(), "nothing is opened in MLflow for a config that fails validation"
