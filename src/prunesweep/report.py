@@ -1,0 +1,227 @@
+"""Accuracy-vs-sparsity report of a sweep, read only from MLflow, so it works on any store.
+
+    prunesweep-report                         # the latest sweep of experiment "prunesweep"
+    prunesweep-report sweep-1a2b3c4d5e        # a sweep id, a parent run id, or an experiment name
+    prunesweep-report --out figures/          # also write the figures and the table to a folder
+
+The same function runs at the end of every multirun and logs to the parent run: the figures, the
+points table (CSV and an MLflow table), ``curve/<granularity>/<threshold>/acc_finetuned`` metrics with
+step = round(1000 × target sparsity), and summary metrics per series. Running it again overwrites them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import pyplot as plt
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from prunesweep import plots
+
+SERIES = ("granularity", "threshold")
+TOLERANCES = (0.1, 0.5, 1.0)  # accuracy points below dense
+METRIC_COLUMNS = {
+    "acc/dense": "acc_dense",
+    "acc/pruned": "acc_pruned",
+    "acc/finetuned": "acc_finetuned",
+    "sparsity/achieved": "sparsity_achieved",
+    "sparsity/units": "sparsity_units",
+    "params/nonzero": "params_nonzero",
+    "params/total": "params_total",
+    "flops/dense": "flops_dense",
+    "flops/remaining": "flops_remaining",
+    "latency/dense_ms": "latency_dense_ms",
+    "latency/pruned_ms": "latency_pruned_ms",
+}
+TAG_COLUMNS = ("model", "granularity", "threshold", "importance", "schedule", "seed", "config_hash")
+
+
+def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) -> pd.DataFrame:
+    """One row per child run of ``parent_run_id`` (every status), with the report's columns."""
+    rows = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status}
+            row.update({col: run.data.tags.get(tag) for tag, col in ((t, t) for t in TAG_COLUMNS)})
+            row["sparsity_target"] = float(run.data.tags.get("sparsity_target", "nan"))
+            row.update({col: run.data.metrics.get(key, np.nan) for key, col in METRIC_COLUMNS.items()})
+            row["error"] = run.data.tags.get("error", "")
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    columns = [
+        "run_id",
+        "run_name",
+        "status",
+        *TAG_COLUMNS,
+        "sparsity_target",
+        *METRIC_COLUMNS.values(),
+        "error",
+    ]
+    frame = pd.DataFrame(rows, columns=columns)
+    if len(frame):
+        frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce")
+        frame["flops_ratio"] = frame["flops_dense"] / frame["flops_remaining"]
+        frame["compression"] = 1.0 / (1.0 - frame["sparsity_achieved"])
+    else:
+        frame["flops_ratio"] = frame["compression"] = []
+    return frame.sort_values([*SERIES, "sparsity_target", "seed"]).reset_index(drop=True)
+
+
+def summarize(points: pd.DataFrame) -> pd.DataFrame:
+    """Per series: the highest sparsity within 0.1 / 0.5 / 1.0 points of dense, and the area under the curve.
+
+    Seeds are averaged per target first; the area is trapezoidal over achieved sparsity from the dense model
+    (sparsity 0, dense accuracy) to the sparsest point, in accuracy × sparsity units.
+    """
+    finished = points[points["status"] == "FINISHED"]
+    rows = []
+    for key, group in finished.groupby(list(SERIES)):
+        mean = group.groupby("sparsity_target")[["sparsity_achieved", "acc_finetuned", "acc_dense"]].mean()
+        mean = mean.sort_values("sparsity_achieved")
+        dense = float(group["acc_dense"].mean())
+        row = dict(zip(SERIES, key, strict=True))
+        row["points"] = len(mean)
+        row["dense_acc"] = dense
+        for tol in TOLERANCES:
+            ok = mean[mean["acc_finetuned"] >= dense - tol / 100]
+            row[f"max_sparsity_within_{tol}"] = float(ok["sparsity_achieved"].max()) if len(ok) else 0.0
+        # the curve starts at the dense model (sparsity 0), so series with different ranges compare fairly
+        xs = np.concatenate([[0.0], mean["sparsity_achieved"].to_numpy()])
+        ys = np.concatenate([[dense], mean["acc_finetuned"].to_numpy()])
+        row["auc"] = float(np.trapezoid(ys, xs)) if len(xs) > 1 else 0.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def log_sweep_report(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, out_dir: str | Path | None = None
+) -> str:
+    """Build and log the report of one sweep to its parent run; returns a one-line summary."""
+    points = load_points(client, experiment_id, parent_run_id)
+    counts = points["status"].value_counts().to_dict()
+    summary = ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items())) or "no runs"
+    finished = points[points["status"] == "FINISHED"]
+    client.log_text(parent_run_id, points.to_csv(index=False), "report/points.csv")
+    if len(points):
+        client.log_table(parent_run_id, data=points.drop(columns=["error"]), artifact_file="report/points.json")
+    if not len(finished):
+        return summary
+    table = summarize(points)
+    client.log_text(parent_run_id, table.to_csv(index=False), "report/summary.csv")
+
+    figures = {"acc_vs_sparsity.png": _figure(finished, "compression", "compression: parameters dense / remaining")}
+    if finished["flops_ratio"].notna().any():
+        figures["acc_vs_flops.png"] = _figure(finished, "flops_ratio", "FLOPs reduction: dense / remaining")
+    for name, fig in figures.items():
+        client.log_figure(parent_run_id, fig, name)
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            fig.savefig(Path(out_dir) / name, dpi=120)
+        plt.close(fig)
+    if out_dir is not None:
+        points.to_csv(Path(out_dir) / "points.csv", index=False)
+        table.to_csv(Path(out_dir) / "summary.csv", index=False)
+
+    metrics = []
+    now = 0
+    for key, group in finished.groupby(list(SERIES)):
+        series = "/".join(key)
+        curve = group.groupby("sparsity_target")["acc_finetuned"].mean()
+        metrics += [
+            Metric(f"curve/{series}/acc_finetuned", float(acc), now, round(1000 * target))
+            for target, acc in curve.items()
+        ]
+    for row in table.to_dict("records"):
+        series = f"{row['granularity']}/{row['threshold']}"
+        metrics.append(Metric(f"summary/{series}/auc", row["auc"], now, 0))
+        metrics += [
+            Metric(f"summary/{series}/max_sparsity_within_{tol}", row[f"max_sparsity_within_{tol}"], now, 0)
+            for tol in TOLERANCES
+        ]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(parent_run_id, metrics=metrics[start : start + 1000])
+    client.set_tag(parent_run_id, "sweep.summary", summary)
+    return summary
+
+
+def _figure(finished: pd.DataFrame, x: str, label: str) -> plt.Figure:
+    dense = float(finished["acc_dense"].mean())
+    return plots.accuracy_vs(finished, x=x, series=SERIES, dense_acc=dense, xlabel=label)
+
+
+def find_parent(client: MlflowClient, target: str | None, experiment: str) -> tuple[str, str]:
+    """(experiment id, parent run id) for: nothing (latest sweep of ``experiment``), an experiment name
+    (its latest sweep), a sweep id, or a parent run id."""
+    latest = "tags.prunesweep_role = 'parent'"
+    lookups: list[tuple[str, str]] = []
+    if target is None:
+        lookups.append((experiment, latest))
+    else:
+        lookups += [(target, latest), (experiment, f"{latest} and tags.sweep_id = '{target}'")]
+    for name, filter_string in lookups:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            continue
+        runs = client.search_runs(
+            [found.experiment_id], filter_string, order_by=["attributes.start_time DESC"], max_results=1
+        )
+        if runs:
+            return found.experiment_id, runs[0].info.run_id
+    if target is not None:
+        try:
+            run = client.get_run(target)
+            return run.info.experiment_id, run.info.run_id
+        except Exception:  # MLflow raises its own RestException/MlflowException for unknown ids
+            pass
+    raise SystemExit(
+        f"prunesweep-report: no sweep found for {target or 'the latest sweep'} in experiment {experiment!r}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="prunesweep-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("target", nargs="?", help="sweep id, parent run id or experiment name (default: latest sweep)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///outputs/mlflow.db"))
+    parser.add_argument("--experiment", default="prunesweep")
+    parser.add_argument("--out", help="also write figures and tables to this folder")
+    args = parser.parse_args(argv)
+    client = MlflowClient(tracking_uri=args.tracking_uri)
+    experiment_id, parent = find_parent(client, args.target, args.experiment)
+    summary = log_sweep_report(client, experiment_id, parent, args.out)
+    points = load_points(client, experiment_id, parent)
+    shown = [
+        "run_name",
+        "status",
+        "sparsity_achieved",
+        "acc_dense",
+        "acc_pruned",
+        "acc_finetuned",
+        "flops_ratio",
+    ]
+    with pd.option_context("display.width", 160, "display.max_rows", 500):
+        print(points[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        table = summarize(points)
+        if len(table):
+            print()
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\n{summary}; report logged to parent run {parent}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""The Hydra callback that turns a multirun into one MLflow parent run with its children.
+
+In the launching process, before any job starts (``on_multirun_start``) it:
+  * expands the sweep and validates every point, so a bad combination fails in seconds, not an hour in;
+  * creates the store and the experiment once (avoiding SQLite creation races between parallel jobs);
+  * opens the parent run, or reopens it when the same sweep is launched again (resume), and marks runs
+    that a killed launch left RUNNING as FAILED;
+  * writes ``sweep.json`` in the sweep directory, where every job finds the parent run id.
+Each job prints ``point i/N`` with the elapsed time. At the end the report (figure, table, curve
+metrics) is logged to the parent run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from prunesweep.tracking.store import open_store
+
+log = logging.getLogger("prunesweep")
+
+SWEEP_FILE = "sweep.json"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_file(sweep_dir: str | Path) -> Path:
+    return Path(sweep_dir) / SWEEP_FILE
+
+
+def read_sweep_file(sweep_dir: str | Path) -> dict[str, Any] | None:
+    path = sweep_file(sweep_dir)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def sweep_id_of(config: DictConfig) -> str:
+    """Same command line (and sweep definition) -> same id, so a re-launch resumes the same sweep."""
+    task = sorted(o for o in config.hydra.overrides.task if not o.startswith("hydra."))
+    params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False)
+    digest = hashlib.sha256(json.dumps([task, params], sort_keys=True, default=str).encode()).hexdigest()
+    return f"sweep-{digest[:10]}"
+
+
+def expand_points(config: DictConfig) -> list[list[str]] | None:
+    """Override lists of every job of a basic-sweeper multirun; None for sweepers that decide as they go."""
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader()
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def validate_points(config: DictConfig, points: list[list[str]]) -> None:
+    """Compose and validate every point of the sweep before the first one starts."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from prunesweep.config import ConfigError, validate
+
+    loader = GlobalHydra.instance().config_loader()
+    for index, overrides in enumerate(points):
+        job_cfg = loader.load_sweep_config(config, overrides)
+        try:
+            validate(job_cfg)
+        except ConfigError as err:
+            raise ConfigError(
+                f"sweep point {index + 1}/{len(points)} ({' '.join(overrides)}) is invalid: {err}. "
+                "Nothing was run; fix the sweep definition or drop that combination."
+            ) from None
+
+
+def _swept_keys(points: list[list[str]]) -> list[str]:
+    """Keys whose value changes between points: what the progress line shows."""
+    values: dict[str, set[str]] = {}
+    for overrides in points:
+        for override in overrides:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    return sorted(k for k, v in values.items() if len(v) > 1)
+
+
+class SweepCallback(Callback):
+    """Parent MLflow run, validation up front, progress and the closing report for a Hydra multirun."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exception into a warning and launches the jobs anyway; a sweep that
+        # cannot be validated or tracked must not start, so stop the process instead.
+        from prunesweep.config import ConfigError
+        from prunesweep.tracking.store import TrackingError
+
+        try:
+            self._start(config)
+        except (ConfigError, TrackingError) as err:
+            print(f"prunesweep: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except Exception:
+            log.exception("could not start the sweep; nothing was run")
+            raise SystemExit(1) from None
+
+    def _start(self, config: DictConfig) -> None:
+        points = expand_points(config)
+        if points is not None:
+            validate_points(config, points)
+        store = open_store(
+            str(config.tracking.uri), str(config.tracking.experiment), config.tracking.get("artifact_root")
+        )
+        sweep_id = sweep_id_of(config)
+        parents = store.client.search_runs(
+            [store.experiment_id],
+            filter_string=f"tags.sweep_id = '{sweep_id}' and tags.prunesweep_role = 'parent'",
+            max_results=1,
+        )
+        if parents:
+            parent_id = parents[0].info.run_id
+            store.client.update_run(parent_id, status="RUNNING")
+            self._fail_stale_children(store, parent_id)
+            log.info("resuming sweep %s (parent run %s)", sweep_id, parent_id)
+        else:
+            overrides = " ".join(config.hydra.overrides.task)
+            parent = store.client.create_run(
+                store.experiment_id,
+                run_name=f"sweep-{config.hydra.job.name}-{sweep_id.removeprefix('sweep-')}",
+                tags={
+                    "sweep_id": sweep_id,
+                    "prunesweep_role": "parent",
+                    "sweep.overrides": overrides[:5000],
+                    "sweep.points": str(len(points) if points is not None else "unknown"),
+                },
+            )
+            parent_id = parent.info.run_id
+            log.info("sweep %s: parent run %s", sweep_id, parent_id)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        info = {
+            "sweep_id": sweep_id,
+            "parent_run_id": parent_id,
+            "experiment_id": store.experiment_id,
+            "tracking_uri": store.uri,
+            "points": len(points) if points is not None else None,
+            "swept_keys": _swept_keys(points or []),
+            "started": time.time(),
+        }
+        sweep_file(sweep_dir).write_text(json.dumps(info, indent=2))
+        total = info["points"] or "?"
+        print(f"[prunesweep] sweep {sweep_id}: {total} points; parent run {parent_id}", flush=True)
+
+    @staticmethod
+    def _fail_stale_children(store: Any, parent_id: str) -> None:
+        """Runs a killed launch left RUNNING can never finish: mark them FAILED so they are redone."""
+        stale = store.client.search_runs(
+            [store.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'",
+        )
+        for run in stale:
+            store.client.set_tag(run.info.run_id, "error", "interrupted: still RUNNING when the sweep was relaunched")
+            store.client.set_terminated(run.info.run_id, "FAILED")
+            log.warning("run %s was left RUNNING by an interrupted launch; marked FAILED", run.info.run_name)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
+            return
+        info = read_sweep_file(config.hydra.sweep.dir) or {}
+        elapsed = time.time() - float(info.get("started", time.time()))
+        swept = set(info.get("swept_keys") or [])
+        shown = [o for o in config.hydra.overrides.task if not swept or o.split("=", 1)[0] in swept]
+        overrides = " ".join(shown)
+        total = info.get("points") or "?"
+        print(
+            f"[prunesweep] point {config.hydra.job.num + 1}/{total} (elapsed {elapsed / 60:.1f} min): {overrides}",
+            flush=True,
+        )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._finish(config)
+        except Exception:
+            log.exception("the sweep's report failed; rerun it with `prunesweep-report` (the runs are safe)")
+
+    def _finish(self, config: DictConfig) -> None:
+        from prunesweep.report import log_sweep_report
+
+        info = read_sweep_file(config.hydra.sweep.dir)
+        if info is None:
+            return
+        store = open_store(info["tracking_uri"], str(config.tracking.experiment))
+        summary = log_sweep_report(store.client, store.experiment_id, info["parent_run_id"])
+        store.client.set_terminated(info["parent_run_id"], "FINISHED")
+        elapsed = time.time() - float(info["started"])
+        print(
+            f"[prunesweep] sweep {info['sweep_id']} done in {elapsed / 60:.1f} min: {summary}. "
+            f"Parent run {info['parent_run_id']}; look with: "
+            f"mlflow ui --backend-store-uri {info['tracking_uri']} --host 127.0.0.1",
+            flush=True,
+        )

@@ -1,0 +1,208 @@
+"""Faults and load with real processes: SIGKILL mid-sweep, a real `mlflow server`, parallel jobs, bad disks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from prunesweep import experiment
+from prunesweep.config import ConfigError
+
+pytestmark = pytest.mark.slow
+
+VENV_BIN = Path(sys.executable).parent
+GRID = ["pruning.granularity=unstructured,channel", "pruning.sparsity=0.5,0.9", "pruning.threshold=global"]
+
+
+def _sweep_command(tmp_path: Path, store_uri: str, *overrides: str, sweep_dir: str = "sweep") -> list[str]:
+    return [
+        sys.executable, "-m", "prunesweep.cli", "+sweep=smoke",
+        f"tracking.uri={store_uri}",
+        f"paths.output_dir={tmp_path / 'outputs'}",
+        f"hydra.sweep.dir={tmp_path / sweep_dir}",
+        "data.train_subset=512",
+        "trainer.enable_progress_bar=false",
+        *overrides,
+    ]  # fmt: skip
+
+
+def _children(client: MlflowClient) -> list:
+    experiment_id = client.get_experiment_by_name("prunesweep").experiment_id
+    return [r for r in client.search_runs([experiment_id]) if r.data.tags.get("prunesweep_role") != "parent"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_sigkill_mid_sweep_then_rerun_keeps_finished_points(tmp_path, store_uri):
+    client = MlflowClient(tracking_uri=store_uri)
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(_sweep_command(tmp_path, store_uri, *GRID), stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            try:
+                runs = _children(client)
+            except Exception:  # the store may not exist yet
+                runs = []
+            statuses = sorted(r.info.status for r in runs)
+            if statuses.count("FINISHED") == 2 and "RUNNING" in statuses:
+                break
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail("the sweep never reached its third point")
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    before = {r.info.run_id: (r.info.run_name, r.info.status) for r in _children(client)}
+    assert sorted(s for _, s in before.values()) == ["FINISHED", "FINISHED", "RUNNING"]
+
+    rerun = subprocess.run(_sweep_command(tmp_path, store_uri, *GRID, sweep_dir="sweep-2"), capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    after = _children(client)
+    by_id = {r.info.run_id: r for r in after}
+    for run_id, (name, status) in before.items():
+        if status == "FINISHED":
+            assert by_id[run_id].info.status == "FINISHED", f"finished point {name} was lost"
+        else:
+            assert by_id[run_id].info.status == "FAILED", "a killed point is not left RUNNING forever"
+            assert "interrupted" in by_id[run_id].data.tags["error"]
+    new = [r for r in after if r.info.run_id not in before]
+    assert len(new) == 2, "only the killed point and the one never started run again"
+    assert all(r.info.status == "FINISHED" for r in new)
+    finished_names = sorted(r.info.run_name for r in after if r.info.status == "FINISHED")
+    assert len(finished_names) == len(set(finished_names)) == 4
+
+
+def test_four_parallel_jobs_on_one_sqlite_store(tmp_path, store_uri):
+    proc = subprocess.run(
+        _sweep_command(tmp_path, store_uri, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = _children(MlflowClient(tracking_uri=store_uri))
+    recorded = [r for r in runs if r.info.status == "FINISHED" and "acc/finetuned" in r.data.metrics]
+    print(f"joblib n_jobs=4 on SQLite: runs attempted 4, recorded {len(recorded)}, failed {len(runs) - len(recorded)}")
+    assert len(recorded) == 4
+    assert "database is locked" not in proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free loopback port, stopped after the test."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(server.pid, signal.SIGKILL)
+        pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_eight_concurrent_clients_against_a_real_mlflow_server(mlflow_server):
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment_id = client.create_experiment("load")
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            own = MlflowClient(tracking_uri=mlflow_server)
+            run = own.create_run(experiment_id, run_name=f"client-{index}")
+            for step in range(10):
+                own.log_metric(run.info.run_id, "acc/finetuned", 0.9 + step / 1000, step=step)
+            own.log_param(run.info.run_id, "client", str(index))
+            own.set_terminated(run.info.run_id, "FINISHED")
+        except BaseException as err:  # recorded and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    runs = client.search_runs([experiment_id])
+    complete = [r for r in runs if len(client.get_metric_history(r.info.run_id, "acc/finetuned")) == 10]
+    print(f"8 clients on mlflow server: runs attempted 8, recorded {len(complete)}, failed {len(errors)}")
+    assert not errors
+    assert len(complete) == 8
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_point_logs_to_a_tracking_server(make_cfg, tiny_overrides, mlflow_server):
+    overrides = [o for o in tiny_overrides if not o.startswith("tracking.uri=")]
+    result = experiment.run(make_cfg(*overrides, f"tracking.uri={mlflow_server}"))
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert "acc/finetuned" in run.data.metrics
+    assert "layers.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_unreachable_tracking_server_fails_at_start(tmp_path):
+    started = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunesweep.cli", f"tracking.uri=http://127.0.0.1:{_free_port()}",
+         f"paths.output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "unreachable" in proc.stderr
+    assert "training" not in proc.stderr, "nothing is trained before the store is known to work"
+    assert time.time() - started < 60
+
+
+def test_read_only_output_folder_is_refused_before_work(make_cfg, tiny_overrides):
+    # /sys is a read-only file system even for root
+    with pytest.raises(ConfigError, match=r"paths\.dense_cache=.* is not a writable folder"):
+        experiment.run(make_cfg(*tiny_overrides, "paths.dense_cache=/sys/prunesweep-cache"))
+
+
+def test_disk_full_while_caching_leaves_no_half_written_checkpoint(make_cfg, tiny_overrides, tmp_path, store_uri):
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            experiment.run(make_cfg(*tiny_overrides, f"paths.dense_cache={full}"))
+        assert not [p for p in full.iterdir() if p.suffix in (".pt", ".tmp") or p.name.endswith(".tmp")]
+        run = _children(MlflowClient(tracking_uri=store_uri))[0]
+        assert run.info.status == "FAILED"
+        assert "No space left" in run.data.tags["error"]
+    finally:
+        subprocess.run(["umount", str(full)], check=False)

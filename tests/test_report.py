@@ -1,0 +1,114 @@
+"""prunesweep-report on a store it did not create: the table, the curves, the summary metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from prunesweep.report import find_parent, load_points, main, summarize
+
+DENSE = 0.99
+# (granularity, threshold, target, achieved, acc_finetuned, seed)
+POINTS = [
+    ("unstructured", "global", 0.5, 0.499, 0.9905, 0),
+    ("unstructured", "global", 0.9, 0.898, 0.9895, 0),
+    ("unstructured", "global", 0.99, 0.987, 0.9700, 0),
+    ("unstructured", "global", 0.5, 0.499, 0.9895, 1),
+    ("channel", "layerwise", 0.5, 0.70, 0.9880, 0),
+    ("channel", "layerwise", 0.9, 0.97, 0.9500, 0),
+]
+
+
+@pytest.fixture
+def built_store(store_uri: str) -> tuple[MlflowClient, str, str]:
+    """A sweep written with plain MLflow calls, the way any other tool could have written it."""
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = client.create_experiment("elsewhere")
+    parent = client.create_run(experiment_id, tags={"prunesweep_role": "parent", "sweep_id": "sweep-abc"})
+    for granularity, threshold, target, achieved, acc, seed in POINTS:
+        run = client.create_run(
+            experiment_id,
+            run_name=f"{granularity}-{threshold}-s{target:.2f}-seed{seed}",
+            tags={
+                "mlflow.parentRunId": parent.info.run_id,
+                "granularity": granularity,
+                "threshold": threshold,
+                "sparsity_target": str(target),
+                "seed": str(seed),
+            },
+        )
+        for key, value in {
+            "acc/dense": DENSE,
+            "acc/pruned": acc - 0.05,
+            "acc/finetuned": acc,
+            "sparsity/achieved": achieved,
+            "flops/dense": 2.3e6,
+            "flops/remaining": 2.3e6 * (1 - achieved),
+        }.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    failed = client.create_run(
+        experiment_id,
+        tags={
+            "mlflow.parentRunId": parent.info.run_id,
+            "granularity": "channel",
+            "threshold": "global",
+            "sparsity_target": "0.5",
+            "error": "boom",
+        },
+    )
+    client.set_terminated(failed.info.run_id, "FAILED")
+    return client, experiment_id, parent.info.run_id
+
+
+def test_points_table_and_summary(built_store):
+    client, experiment_id, parent = built_store
+    points = load_points(client, experiment_id, parent)
+    assert len(points) == len(POINTS) + 1
+    assert (points["status"] == "FAILED").sum() == 1
+    assert points.loc[points["status"] == "FAILED", "error"].item() == "boom"
+    table = summarize(points).set_index(["granularity", "threshold"])
+    unstructured = table.loc[("unstructured", "global")]
+    # seeds averaged at s=0.5: (0.9905 + 0.9895) / 2 = 0.99 → within 0.1 points; 0.9895 at 0.898 also within
+    assert unstructured["max_sparsity_within_0.1"] == pytest.approx(0.898)
+    assert unstructured["max_sparsity_within_1.0"] == pytest.approx(0.898)  # 0.97 is 2 points below
+    assert unstructured["points"] == 3
+    channel = table.loc[("channel", "layerwise")]
+    assert channel["max_sparsity_within_0.1"] == 0.0  # 0.988 is 0.2 points below dense
+    assert channel["max_sparsity_within_0.5"] == pytest.approx(0.70)
+    # trapezoids from the dense point (0, 0.99) through (0.70, 0.988) to (0.97, 0.95)
+    expected_auc = 0.70 * (0.99 + 0.988) / 2 + (0.97 - 0.70) * (0.988 + 0.95) / 2
+    assert channel["auc"] == pytest.approx(expected_auc)
+
+
+def test_report_command_logs_curves_and_is_safe_to_rerun(built_store, store_uri, tmp_path: Path, capsys):
+    client, experiment_id, parent = built_store
+    assert find_parent(client, "sweep-abc", "elsewhere") == (experiment_id, parent)
+    assert find_parent(client, "elsewhere", "prunesweep") == (experiment_id, parent)
+    for _ in range(2):
+        main(
+            [
+                "sweep-abc",
+                "--tracking-uri",
+                store_uri,
+                "--experiment",
+                "elsewhere",
+                "--out",
+                str(tmp_path / "fig"),
+            ]
+        )
+    out = capsys.readouterr().out
+    assert "unstructured-global-s0.90-seed0" in out and "FAILED" in out
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {"acc_vs_sparsity.png", "acc_vs_flops.png", "report"} <= artifacts
+    report = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/points.csv", "report/points.json", "report/summary.csv"} <= report
+    history = client.get_metric_history(parent, "curve/unstructured/global/acc_finetuned")
+    steps = sorted({(m.step, round(m.value, 6)) for m in history})
+    assert steps == [(500, 0.99), (900, 0.9895), (990, 0.97)]
+    assert (tmp_path / "fig" / "acc_vs_sparsity.png").stat().st_size > 10_000
+    written = pd.read_csv(tmp_path / "fig" / "points.csv")
+    assert len(written) == len(POINTS) + 1
