@@ -72,6 +72,8 @@ def test_seed_experiment_matches_the_article(make_cfg):
         ("train.optimizer=rmsprop", "train.optimizer='rmsprop'"),
         ("model.name=alexnet", "model.name='alexnet'"),
         ("tracking.uri=./mlruns", "tracking.uri='./mlruns'"),
+        ("pruning.rewind=10", "pruning.rewind=10 is not allowed"),
+        ("pruning.rewind=late", "pruning.rewind='late' is not allowed"),
         ("model._target_=os.system", "model._target_='os.system' is not allowed"),
         ("data._target_=builtins.eval", "data._target_='builtins.eval' is not allowed"),
     ],

@@ -182,3 +182,36 @@ def test_cli_refuses_bad_input_before_any_work(tmp_path, override, message):
     assert message in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
     assert not db.exists(), "nothing is opened in MLflow for a config that fails validation"
+
+
+def test_rewind_to_epoch_k_replays_the_first_k_epochs_exactly(make_cfg, tiny_overrides, store_uri, tmp_path):
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from prunesweep.tracking import PointRun, open_store
+
+    cfg = make_cfg(*tiny_overrides, "train.epochs=2", f"paths.dense_cache={tmp_path / 'cache'}")
+    datamodule = instantiate(cfg.data, log=print)
+    datamodule.setup()
+    point = PointRun(open_store(store_uri, "prunesweep"), "rewind-check", {}, {})
+    snapshots: dict[int, dict] = {}
+
+    class Snapshot(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            snapshots[trainer.current_epoch] = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+
+    pl.seed_everything(0, verbose=False)
+    model = instantiate(cfg.model)
+    experiment._fit(model, datamodule, cfg.train, 2, cfg.trainer, point, callbacks=[Snapshot()])
+    replayed = experiment._rewind_state(
+        make_cfg(*tiny_overrides, "train.epochs=2", "pruning.rewind=1", f"paths.dense_cache={tmp_path / 'cache'}"),
+        datamodule,
+        point,
+    )
+    for name, tensor in replayed.items():
+        assert torch.equal(tensor, snapshots[0][name]), name
+
+    result = experiment.run(make_cfg(*tiny_overrides, "train.epochs=2", "pruning.rewind=1"))
+    client = MlflowClient(tracking_uri=store_uri)
+    tags = client.get_run(result["run_id"]).data.tags
+    assert tags["rewind1_cached"] == "False" and tags["dense_cached"] == "False"

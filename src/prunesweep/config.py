@@ -20,7 +20,6 @@ from prunesweep.pruning import PruningConfigError, PruningSpec, validate_spec
 DATASETS = ("mnist", "fashion_mnist")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("oneshot", "iterative", "gradual")
-REWINDS = (None, "init")
 TRAIN_IMAGES = 60_000  # both MNIST and Fashion-MNIST
 
 # Keys that change how a run is executed or where it is stored, not what it computes.
@@ -76,7 +75,13 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "pruning.rounds", low=1)
     _integer(cfg, "pruning.gradual.frequency", low=1)
     _number(cfg, "pruning.gradual.end_fraction", low=0.0, high=1.0, low_inclusive=False)
-    _choice(cfg, "pruning.rewind", REWINDS)
+    rewind = cfg.pruning.get("rewind")
+    epoch_ok = isinstance(rewind, int) and not isinstance(rewind, bool) and 0 <= rewind < int(cfg.train.epochs)
+    if rewind not in (None, "init") and not epoch_ok:
+        raise ConfigError(
+            f"pruning.rewind={rewind!r} is not allowed; use null, init, or an epoch 0..{int(cfg.train.epochs) - 1} "
+            "of dense training to rewind the surviving weights to"
+        )
     _number(cfg, "pruning.sparsity", low=0.0, high=1.0, high_inclusive=False)
     try:
         validate_spec(pruning_spec(cfg), build_model(str(cfg.model.name)))

@@ -121,16 +121,7 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     datamodule.setup()
     test_batches = datamodule.test_dataloader()
 
-    model: nn.Module = instantiate(cfg.model)
-    initial_state = copy.deepcopy(model.state_dict())  # for a lottery-ticket rewind
-    trained = cache.dense_or_train(
-        cfg.paths.dense_cache,
-        dense_key(cfg),
-        model,
-        train=lambda: _fit(model, datamodule, cfg.train, cfg.train.epochs, cfg.trainer, point, prefix="dense/"),
-        log=log.info,
-    )
-    point.set_tags({"dense_cached": not trained})
+    model = _dense(cfg, datamodule, point, int(cfg.train.epochs))
     dense = copy.deepcopy(model)
     acc = {"dense": evaluate(model, test_batches)}
     log.info("dense test accuracy %.4f", acc["dense"])
@@ -157,8 +148,8 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     fine = cfg.finetune
     if schedule == "oneshot":
         plan = prune_to(spec.sparsity, None)
-        if cfg.pruning.get("rewind") == "init":
-            _rewind(model, initial_state)
+        if cfg.pruning.get("rewind") is not None:
+            _rewind(model, _rewind_state(cfg, datamodule, point))
         acc["pruned"] = evaluate(model, test_batches)
         _fit(
             model,
@@ -250,6 +241,40 @@ def _fit(
         callbacks=[EpochMetrics(point.log_metrics, prefix=prefix), *(callbacks or [])],
     )
     trainer.fit(module, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader())
+
+
+def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun, epochs: int) -> nn.Module:
+    """The dense model after ``epochs`` of the training recipe: from the cache, or trained (and cached) now."""
+    pl.seed_everything(int(cfg.seed), workers=False, verbose=False)  # same init for every epochs
+    model: nn.Module = instantiate(cfg.model)
+    if epochs == 0:
+        return model
+    key_cfg = cfg
+    if epochs != int(cfg.train.epochs):
+        key_cfg = copy.deepcopy(cfg)
+        key_cfg.train.epochs = epochs
+    full = epochs == int(cfg.train.epochs)
+    prefix = "dense/" if full else f"rewind{epochs}/"
+    trained = cache.dense_or_train(
+        cfg.paths.dense_cache,
+        dense_key(key_cfg),
+        model,
+        train=lambda: _fit(model, datamodule, cfg.train, epochs, cfg.trainer, point, prefix=prefix),
+        log=log.info,
+    )
+    point.set_tags({"dense_cached" if full else f"rewind{epochs}_cached": not trained})
+    return model
+
+
+def _rewind_state(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun) -> dict[str, torch.Tensor]:
+    """Weights to rewind to: the initialisation, or the dense model after epoch k of the same run.
+
+    With a constant learning rate, a fixed seed and deterministic data order, training k epochs replays the
+    first k epochs of the full run exactly, so the snapshot is cached like any dense model.
+    """
+    rewind = cfg.pruning.rewind
+    epochs = 0 if rewind == "init" else int(rewind)
+    return _dense(cfg, datamodule, point, epochs).state_dict()
 
 
 def _rewind(model: nn.Module, initial_state: Mapping[str, torch.Tensor]) -> None:

@@ -50,6 +50,7 @@ class MNISTDataModule(pl.LightningDataModule):
         val_size: int = 5000,
         train_subset: int | None = None,
         split_seed: int = 0,
+        shuffle_seed: int | None = None,
         normalize: bool = True,
         sources: Sequence[str | Source] = DEFAULT_SOURCES,
         log: Callable[[str], None] = print,
@@ -68,6 +69,8 @@ class MNISTDataModule(pl.LightningDataModule):
         self.val_size = int(val_size)
         self.train_subset = None if train_subset is None else int(train_subset)
         self.split_seed = int(split_seed)
+        # The split stays fixed across runs; the batch order follows the run's seed (default: the split's).
+        self.shuffle_seed = self.split_seed if shuffle_seed is None else int(shuffle_seed)
         self.normalize = normalize
         self.sources = list(sources) if not isinstance(sources, str) else [sources]
         self.log = log
@@ -132,7 +135,7 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> InMemoryLoader:
         self._require_setup()
-        return InMemoryLoader(self.x_train, self.y_train, self.batch_size, shuffle=True, seed=self.split_seed)
+        return InMemoryLoader(self.x_train, self.y_train, self.batch_size, shuffle=True, seed=self.shuffle_seed)
 
     def val_dataloader(self) -> InMemoryLoader:
         self._require_setup()
@@ -150,7 +153,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self._require_setup()
         bs = self.batch_size if batch_size is None else int(batch_size)
         loader = InMemoryLoader(
-            self.x_train, self.y_train, bs, shuffle=True, seed=self.split_seed + _CALIBRATION_SEED_OFFSET
+            self.x_train, self.y_train, bs, shuffle=True, seed=self.shuffle_seed + _CALIBRATION_SEED_OFFSET
         )
         if not 1 <= n <= len(loader):
             raise DataError(
