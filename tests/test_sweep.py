@@ -116,3 +116,15 @@ def test_two_parallel_jobs_on_one_sqlite_store_lose_nothing(tmp_path, store_uri)
     assert all(r.info.status == "FINISHED" for r in children)
     assert "database is locked" not in proc.stdout + proc.stderr
     print(f"joblib n_jobs=2: 4 runs attempted, {len(children)} recorded, 0 failed")
+
+
+def test_submitit_local_launcher_runs_every_point(tmp_path, store_uri):
+    """The SLURM launcher's plugin with its local executor: jobs in separate processes, one parent run."""
+    _sweep(tmp_path, store_uri, "pruning.granularity=unstructured", "pruning.sparsity=0.5,0.9",
+           "pruning.threshold=global", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1")  # fmt: skip
+    client = MlflowClient(tracking_uri=store_uri)
+    children = _children(client, _parent(client))
+    assert sorted(r.info.run_name for r in children) == [
+        "unstructured-global-s0.50-seed0", "unstructured-global-s0.90-seed0"
+    ]  # fmt: skip
+    assert all(r.info.status == "FINISHED" for r in children)

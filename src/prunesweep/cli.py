@@ -57,10 +57,14 @@ def _sweep_context() -> experiment.SweepContext:
 
 
 def _threads_per_job(cfg: DictConfig) -> int:
-    """All cores for a serial run; cores shared out evenly among parallel joblib workers."""
+    """All cores for a serial run; cores shared out evenly among parallel joblib workers; a submitit job's cpus."""
     if cfg.get("threads"):
         return int(cfg.threads)
-    n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=1) or 1
+    hydra_cfg = HydraConfig.get()
+    cpus_per_task = OmegaConf.select(hydra_cfg, "launcher.cpus_per_task", default=None)
+    if cpus_per_task:
+        return int(cpus_per_task)
+    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=1) or 1
     cores = os.cpu_count() or 1
     if n_jobs < 0:  # joblib's -1 = one job per core
         n_jobs = cores

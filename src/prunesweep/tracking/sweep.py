@@ -139,7 +139,6 @@ class SweepCallback(Callback):
                 },
             )
             parent_id = parent.info.run_id
-            log.info("sweep %s: parent run %s", sweep_id, parent_id)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         info = {
