@@ -42,3 +42,19 @@ def make_cfg() -> Callable[..., DictConfig]:
             return compose("config", overrides=list(overrides), return_hydra_config=hydra_cfg)
 
     return _compose
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def report_figure() -> Callable[[str], None]:
+    """Record a measured figure (e.g. runs attempted / recorded / failed) for the end-of-session summary."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if _FIGURES:
+        terminalreporter.section("prunesweep load and fault figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

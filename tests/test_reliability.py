@@ -91,7 +91,7 @@ def test_sigkill_mid_sweep_then_rerun_keeps_finished_points(tmp_path, store_uri)
     assert len(finished_names) == len(set(finished_names)) == 4
 
 
-def test_four_parallel_jobs_on_one_sqlite_store(tmp_path, store_uri):
+def test_four_parallel_jobs_on_one_sqlite_store(tmp_path, store_uri, report_figure):
     proc = subprocess.run(
         _sweep_command(tmp_path, store_uri, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4"),
         capture_output=True, text=True, timeout=600,
@@ -99,7 +99,8 @@ def test_four_parallel_jobs_on_one_sqlite_store(tmp_path, store_uri):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = _children(MlflowClient(tracking_uri=store_uri))
     recorded = [r for r in runs if r.info.status == "FINISHED" and "acc/finetuned" in r.data.metrics]
-    print(f"joblib n_jobs=4 on SQLite: runs attempted 4, recorded {len(recorded)}, failed {len(runs) - len(recorded)}")
+    failed = len(runs) - len(recorded)
+    report_figure(f"joblib n_jobs=4 on SQLite: runs attempted 4, recorded {len(recorded)}, failed {failed}")
     assert len(recorded) == 4
     assert "database is locked" not in proc.stdout + proc.stderr
 
@@ -133,7 +134,7 @@ def mlflow_server(tmp_path):
         os.killpg(server.pid, signal.SIGKILL)
 
 
-def test_eight_concurrent_clients_against_a_real_mlflow_server(mlflow_server):
+def test_eight_concurrent_clients_against_a_real_mlflow_server(mlflow_server, report_figure):
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment_id = client.create_experiment("load")
     errors: list[BaseException] = []
@@ -156,7 +157,7 @@ def test_eight_concurrent_clients_against_a_real_mlflow_server(mlflow_server):
         thread.join(timeout=120)
     runs = client.search_runs([experiment_id])
     complete = [r for r in runs if len(client.get_metric_history(r.info.run_id, "acc/finetuned")) == 10]
-    print(f"8 clients on mlflow server: runs attempted 8, recorded {len(complete)}, failed {len(errors)}")
+    report_figure(f"8 clients on mlflow server: runs attempted 8, recorded {len(complete)}, failed {len(errors)}")
     assert not errors
     assert len(complete) == 8
     assert all(r.info.status == "FINISHED" for r in runs)
