@@ -36,7 +36,7 @@ from prunesweep.pruning import (
     export_state_dict,
     latency_ms,
     masked_nonzero,
-    rebuild_channels,
+    rebuild,
     size_bytes,
     sparse_export,
 )
@@ -313,7 +313,7 @@ def _measure(
         metrics["size/pruned_bytes"] = sizes["csr_bytes"]
         metrics["size/compressed_bytes"] = sizes["compressed_bytes"]
     else:
-        compact = rebuild_channels(model, plan, example[:2])
+        compact = rebuild(model, plan, example[:2])
         nonzero, _ = count_params(compact)
         with torch.inference_mode():
             diff = float((compact.eval()(example) - model.eval()(example)).abs().max())

@@ -26,7 +26,14 @@ from prunesweep.pruning.masks import (
     masked_nonzero,
 )
 from prunesweep.pruning.measure import count_macs, count_params, latency_ms, layer_sparsity, size_bytes
-from prunesweep.pruning.reconstruct import architecture, load_sparse_export, rebuild_channels, sparse_export
+from prunesweep.pruning.reconstruct import (
+    REBUILDERS,
+    architecture,
+    load_sparse_export,
+    rebuild,
+    rebuild_channels,
+    sparse_export,
+)
 from prunesweep.pruning.spec import PruningConfigError, PruningSpec, resolve_layers, validate_spec
 from prunesweep.pruning.thresholds import DISTRIBUTIONS, NORMALIZERS, THRESHOLDS, Threshold
 from prunesweep.pruning.units import GRANULARITIES, Channel, Granularity, Unstructured
@@ -36,6 +43,7 @@ __all__ = [
     "GRANULARITIES",
     "IMPORTANCES",
     "NORMALIZERS",
+    "REBUILDERS",
     "THRESHOLDS",
     "Channel",
     "Granularity",
@@ -58,6 +66,7 @@ __all__ = [
     "load_sparse_export",
     "make_permanent",
     "masked_nonzero",
+    "rebuild",
     "rebuild_channels",
     "resolve_layers",
     "size_bytes",

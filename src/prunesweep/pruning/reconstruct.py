@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch_pruning as tp
@@ -58,6 +59,22 @@ def rebuild_channels(model: nn.Module, plan: MaskPlan, example_inputs: torch.Ten
             group = graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels, pruned)
             group.prune()
     return rebuilt
+
+
+REBUILDERS: dict[str, Callable[[nn.Module, MaskPlan, torch.Tensor | None], nn.Module]] = {
+    "channel": rebuild_channels,
+}
+
+
+def rebuild(model: nn.Module, plan: MaskPlan, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """A physically smaller dense copy of a structurally pruned ``model`` (the live model is untouched).
+
+    Dispatches on the plan's granularity; unstructured plans have no rebuild (use :func:`sparse_export`).
+    """
+    rebuilder = REBUILDERS.get(plan.granularity)
+    if rebuilder is None:
+        raise ValueError(f"no physical rebuild for granularity {plan.granularity!r}; known: {sorted(REBUILDERS)}")
+    return rebuilder(model, plan, example_inputs)
 
 
 def architecture(model: nn.Module) -> str:
