@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from prunesweep.report import find_parent, load_points, main, summarize
+from prunesweep.report import find_parent, load_points, log_sweep_report, main, summarize
 
 DENSE = 0.99
 # (granularity, threshold, target, achieved, acc_finetuned, seed)
@@ -112,3 +112,26 @@ def test_report_command_logs_curves_and_is_safe_to_rerun(built_store, store_uri,
     assert (tmp_path / "fig" / "acc_vs_sparsity.png").stat().st_size > 10_000
     written = pd.read_csv(tmp_path / "fig" / "points.csv")
     assert len(written) == len(POINTS) + 1
+
+
+def test_series_split_by_what_the_sweep_varies(store_uri):
+    """Two importances in one sweep are two curves, not one curve averaged as if they were seeds."""
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = client.create_experiment("prunesweep")
+    parent = client.create_run(experiment_id, tags={"prunesweep_role": "parent", "sweep_id": "sweep-imp"})
+    for importance, acc in (("l1", 0.99), ("taylor", 0.95)):
+        tags = {"granularity": "unstructured", "threshold": "global", "importance": importance, "model": "lenet5",
+                "schedule": "oneshot", "sparsity_target": "0.9", "seed": "0"}  # fmt: skip
+        run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent.info.run_id, **tags})
+        for key, value in {
+            "acc/dense": 0.99,
+            "acc/pruned": 0.5,
+            "acc/finetuned": acc,
+            "sparsity/achieved": 0.9,
+        }.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    log_sweep_report(client, experiment_id, parent.info.run_id)
+    metrics = client.get_run(parent.info.run_id).data.metrics
+    assert metrics["curve/unstructured/global/l1/acc_finetuned"] == pytest.approx(0.99)
+    assert metrics["curve/unstructured/global/taylor/acc_finetuned"] == pytest.approx(0.95)

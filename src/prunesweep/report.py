@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from mlflow.tracking import MlflowClient
 from prunesweep import plots
 
 SERIES = ("granularity", "threshold")
+# Also split series by these when a sweep varies them (a seed sweep averages only over seeds).
+SPLIT_WHEN_VARIED = ("model", "importance", "schedule")
 TOLERANCES = (0.1, 0.5, 1.0)  # accuracy points below dense
 METRIC_COLUMNS = {
     "acc/dense": "acc_dense",
@@ -83,6 +86,20 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
     return frame.sort_values([*SERIES, "sparsity_target", "seed"]).reset_index(drop=True)
 
 
+def series_columns(points: pd.DataFrame) -> list[str]:
+    """Columns that name a curve: granularity and threshold, plus model/importance/schedule where they vary.
+
+    >>> series_columns(pd.DataFrame({"model": ["lenet5", "lenet5"], "importance": ["l1", "taylor"],
+    ...                              "schedule": ["oneshot", "oneshot"]}))
+    ['granularity', 'threshold', 'importance']
+    """
+    return [*SERIES, *(c for c in SPLIT_WHEN_VARIED if c in points and points[c].nunique(dropna=True) > 1)]
+
+
+def _label(key: object) -> str:
+    return "/".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+
+
 def summarize(points: pd.DataFrame) -> pd.DataFrame:
     """Per series: the highest sparsity within 0.1 / 0.5 / 1.0 points of dense, and the area under the curve.
 
@@ -90,12 +107,13 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
     (sparsity 0, dense accuracy) to the sparsest point, in accuracy × sparsity units.
     """
     finished = points[points["status"] == "FINISHED"]
+    columns = series_columns(finished)
     rows = []
-    for key, group in finished.groupby(list(SERIES)):
+    for key, group in finished.groupby(columns):
         mean = group.groupby("sparsity_target")[["sparsity_achieved", "acc_finetuned", "acc_dense"]].mean()
         mean = mean.sort_values("sparsity_achieved")
         dense = float(group["acc_dense"].mean())
-        row = dict(zip(SERIES, key, strict=True))
+        row = {"series": _label(key), **dict(zip(columns, key, strict=True))}
         row["points"] = len(mean)
         row["dense_acc"] = dense
         for tol in TOLERANCES:
@@ -139,16 +157,16 @@ def log_sweep_report(
         table.to_csv(Path(out_dir) / "summary.csv", index=False)
 
     metrics = []
-    now = 0
-    for key, group in finished.groupby(list(SERIES)):
-        series = "/".join(key)
+    now = int(time.time() * 1000)
+    for key, group in finished.groupby(series_columns(finished)):
+        series = _label(key)
         curve = group.groupby("sparsity_target")["acc_finetuned"].mean()
         metrics += [
             Metric(f"curve/{series}/acc_finetuned", float(acc), now, round(1000 * target))
             for target, acc in curve.items()
         ]
     for row in table.to_dict("records"):
-        series = f"{row['granularity']}/{row['threshold']}"
+        series = row["series"]
         metrics.append(Metric(f"summary/{series}/auc", row["auc"], now, 0))
         metrics += [
             Metric(f"summary/{series}/max_sparsity_within_{tol}", row[f"max_sparsity_within_{tol}"], now, 0)
@@ -161,8 +179,9 @@ def log_sweep_report(
 
 
 def _figure(finished: pd.DataFrame, x: str, label: str) -> plt.Figure:
-    dense = float(finished["acc_dense"].mean())
-    return plots.accuracy_vs(finished, x=x, series=SERIES, dense_acc=dense, xlabel=label)
+    # one dense reference line only when every series shares the dense model (same model and seed set)
+    dense = float(finished["acc_dense"].mean()) if finished["model"].nunique() <= 1 else None
+    return plots.accuracy_vs(finished, x=x, series=series_columns(finished), dense_acc=dense, xlabel=label)
 
 
 def find_parent(client: MlflowClient, target: str | None, experiment: str) -> tuple[str, str]:
