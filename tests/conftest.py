@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,24 @@ def tiny_overrides(tmp_path: Path, store_uri: str) -> list[str]:
         "finetune.epochs=1",
         "trainer.enable_progress_bar=false",
     ]
+
+
+@pytest.fixture
+def smoke_sweep_command(tmp_path: Path, store_uri: str) -> Callable[..., list[str]]:
+    """Builds the `prunesweep +sweep=smoke` command line on 512 real MNIST images, writing only under tmp_path."""
+
+    def build(*overrides: str, sweep_dir: str = "sweep") -> list[str]:
+        return [
+            sys.executable, "-m", "prunesweep.cli", "+sweep=smoke",
+            f"tracking.uri={store_uri}",
+            f"paths.output_dir={tmp_path / 'outputs'}",
+            f"hydra.sweep.dir={tmp_path / sweep_dir}",
+            "data.train_subset=512",
+            "trainer.enable_progress_bar=false",
+            *overrides,
+        ]  # fmt: skip
+
+    return build
 
 
 @pytest.fixture

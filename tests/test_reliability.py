@@ -24,18 +24,6 @@ VENV_BIN = Path(sys.executable).parent
 GRID = ["pruning.granularity=unstructured,channel", "pruning.sparsity=0.5,0.9", "pruning.threshold=global"]
 
 
-def _sweep_command(tmp_path: Path, store_uri: str, *overrides: str, sweep_dir: str = "sweep") -> list[str]:
-    return [
-        sys.executable, "-m", "prunesweep.cli", "+sweep=smoke",
-        f"tracking.uri={store_uri}",
-        f"paths.output_dir={tmp_path / 'outputs'}",
-        f"hydra.sweep.dir={tmp_path / sweep_dir}",
-        "data.train_subset=512",
-        "trainer.enable_progress_bar=false",
-        *overrides,
-    ]  # fmt: skip
-
-
 def _children(client: MlflowClient) -> list:
     experiment_id = client.get_experiment_by_name("prunesweep").experiment_id
     return [r for r in client.search_runs([experiment_id]) if r.data.tags.get("prunesweep_role") != "parent"]
@@ -47,10 +35,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_sigkill_mid_sweep_then_rerun_keeps_finished_points(tmp_path, store_uri):
+def test_sigkill_mid_sweep_then_rerun_keeps_finished_points(smoke_sweep_command, tmp_path, store_uri):
     client = MlflowClient(tracking_uri=store_uri)
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(_sweep_command(tmp_path, store_uri, *GRID), stdout=log, stderr=subprocess.STDOUT,
+    first = subprocess.Popen(smoke_sweep_command(*GRID), stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)  # fmt: skip
     deadline = time.time() + 300
     try:
@@ -73,7 +61,7 @@ def test_sigkill_mid_sweep_then_rerun_keeps_finished_points(tmp_path, store_uri)
     before = {r.info.run_id: (r.info.run_name, r.info.status) for r in _children(client)}
     assert sorted(s for _, s in before.values()) == ["FINISHED", "FINISHED", "RUNNING"]
 
-    rerun = subprocess.run(_sweep_command(tmp_path, store_uri, *GRID, sweep_dir="sweep-2"), capture_output=True,
+    rerun = subprocess.run(smoke_sweep_command(*GRID, sweep_dir="sweep-2"), capture_output=True,
                            text=True, timeout=600)  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     after = _children(client)
@@ -91,9 +79,9 @@ def test_sigkill_mid_sweep_then_rerun_keeps_finished_points(tmp_path, store_uri)
     assert len(finished_names) == len(set(finished_names)) == 4
 
 
-def test_four_parallel_jobs_on_one_sqlite_store(tmp_path, store_uri, report_figure):
+def test_four_parallel_jobs_on_one_sqlite_store(smoke_sweep_command, tmp_path, store_uri, report_figure):
     proc = subprocess.run(
-        _sweep_command(tmp_path, store_uri, *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4"),
+        smoke_sweep_command(*GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4"),
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -14,19 +12,17 @@ pytestmark = pytest.mark.slow
 GRID = ["pruning.granularity=unstructured,channel", "pruning.sparsity=0.5,0.9"]
 
 
-def _sweep(tmp_path: Path, store_uri: str, *overrides: str, sweep_dir: str = "sweep") -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, "-m", "prunesweep.cli", "+sweep=smoke",
-        f"tracking.uri={store_uri}",
-        f"paths.output_dir={tmp_path / 'outputs'}",
-        f"hydra.sweep.dir={tmp_path / sweep_dir}",
-        "data.train_subset=512",
-        "trainer.enable_progress_bar=false",
-        *overrides,
-    ]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+@pytest.fixture
+def run_sweep(smoke_sweep_command):
+    """Run the smoke sweep with extra overrides in a subprocess; it must exit 0."""
+
+    def run(*overrides: str, sweep_dir: str = "sweep") -> subprocess.CompletedProcess:
+        command = smoke_sweep_command(*overrides, sweep_dir=sweep_dir)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    return run
 
 
 def _children(client: MlflowClient, parent_id: str) -> list:
@@ -41,8 +37,8 @@ def _parent(client: MlflowClient) -> str:
     return parents[0].info.run_id
 
 
-def test_smoke_sweep_logs_children_and_a_report_then_resumes(tmp_path, store_uri):
-    proc = _sweep(tmp_path, store_uri, *GRID, "pruning.threshold=global")
+def test_smoke_sweep_logs_children_and_a_report_then_resumes(run_sweep, tmp_path, store_uri):
+    proc = run_sweep(*GRID, "pruning.threshold=global")
     assert "point 4/4" in proc.stdout, "the launching terminal shows progress"
     client = MlflowClient(tracking_uri=store_uri)
     parent = _parent(client)
@@ -70,7 +66,7 @@ def test_smoke_sweep_logs_children_and_a_report_then_resumes(tmp_path, store_uri
     # resume: delete one finished point, launch the same sweep again: exactly that point runs again
     deleted = next(r for r in children if r.info.run_name == "channel-global-s0.90-seed0")
     client.delete_run(deleted.info.run_id)
-    _sweep(tmp_path, store_uri, *GRID, "pruning.threshold=global", sweep_dir="sweep-again")
+    run_sweep(*GRID, "pruning.threshold=global", sweep_dir="sweep-again")
     assert _parent(client) == parent
     again = _children(client, parent)
     assert len(again) == 4
@@ -79,9 +75,9 @@ def test_smoke_sweep_logs_children_and_a_report_then_resumes(tmp_path, store_uri
     assert [r.info.run_name for r in new] == ["channel-global-s0.90-seed0"]
 
 
-def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, store_uri):
+def test_a_failing_point_is_recorded_and_the_sweep_goes_on(run_sweep, tmp_path, store_uri):
     # lr=1e12 makes the loss NaN within a few steps: a real fault, not a mock
-    proc = _sweep(tmp_path, store_uri, "train.lr=0.01,1e12", "pruning.sparsity=0.5", "pruning.granularity=unstructured",
+    proc = run_sweep("train.lr=0.01,1e12", "pruning.sparsity=0.5", "pruning.granularity=unstructured",
                   "pruning.threshold=layerwise")  # fmt: skip
     client = MlflowClient(tracking_uri=store_uri)
     children = _children(client, _parent(client))
@@ -92,13 +88,8 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, store_uri):
     assert "1 failed" in proc.stdout and "1 finished" in proc.stdout
 
 
-def test_invalid_point_stops_the_sweep_before_anything_runs(tmp_path, store_uri):
-    command = [
-        sys.executable, "-m", "prunesweep.cli", "+sweep=smoke", f"tracking.uri={store_uri}",
-        f"paths.output_dir={tmp_path / 'outputs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        "pruning.sparsity=0.5,1.5",
-    ]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+def test_invalid_point_stops_the_sweep_before_anything_runs(smoke_sweep_command, tmp_path):
+    proc = subprocess.run(smoke_sweep_command("pruning.sparsity=0.5,1.5"), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     assert "pruning.sparsity=1.5" in output
@@ -107,8 +98,8 @@ def test_invalid_point_stops_the_sweep_before_anything_runs(tmp_path, store_uri)
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_two_parallel_jobs_on_one_sqlite_store_lose_nothing(tmp_path, store_uri, report_figure):
-    proc = _sweep(tmp_path, store_uri, *GRID, "pruning.threshold=layerwise", "hydra/launcher=joblib",
+def test_two_parallel_jobs_on_one_sqlite_store_lose_nothing(run_sweep, tmp_path, store_uri, report_figure):
+    proc = run_sweep(*GRID, "pruning.threshold=layerwise", "hydra/launcher=joblib",
                   "hydra.launcher.n_jobs=2")  # fmt: skip
     client = MlflowClient(tracking_uri=store_uri)
     children = _children(client, _parent(client))
@@ -119,9 +110,9 @@ def test_two_parallel_jobs_on_one_sqlite_store_lose_nothing(tmp_path, store_uri,
     report_figure(f"joblib n_jobs=2 on SQLite: runs attempted 4, recorded {len(children)}, failed {failed}")
 
 
-def test_submitit_local_launcher_runs_every_point(tmp_path, store_uri):
+def test_submitit_local_launcher_runs_every_point(run_sweep, tmp_path, store_uri):
     """The SLURM launcher's plugin with its local executor: jobs in separate processes, one parent run."""
-    _sweep(tmp_path, store_uri, "pruning.granularity=unstructured", "pruning.sparsity=0.5,0.9",
+    run_sweep("pruning.granularity=unstructured", "pruning.sparsity=0.5,0.9",
            "pruning.threshold=global", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1")  # fmt: skip
     client = MlflowClient(tracking_uri=store_uri)
     children = _children(client, _parent(client))
