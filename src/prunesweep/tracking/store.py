@@ -6,12 +6,14 @@ All MLflow calls go through an explicit ``MlflowClient`` and run id, never MLflo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -76,6 +78,20 @@ def open_store(uri: str, experiment: str, artifact_root: str | None = None) -> S
     """Client and experiment id; creates the experiment (with a local artifact folder) when missing."""
     check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
+    with _creation_lock(uri):
+        return _get_or_create(client, uri, experiment, artifact_root)
+
+
+def _creation_lock(uri: str) -> contextlib.AbstractContextManager:
+    """Serialise the first touch of a SQLite store: MLflow creates its tables then, and two processes doing
+    it at once collide (``duplicate column name``). Servers and other databases handle this themselves."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).expanduser()
+    return FileLock(str(db) + ".lock")
+
+
+def _get_or_create(client: MlflowClient, uri: str, experiment: str, artifact_root: str | None) -> Store:
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return Store(client, found.experiment_id, uri)
