@@ -108,3 +108,16 @@ def test_pruning_spec_and_flatten(make_cfg):
     assert dict(spec.layer_sparsity) == {"fc2": 0.25}
     flat = flatten({"pruning": {"sparsity": 0.5, "stat": {"k": None}}})
     assert flat == {"pruning.sparsity": "0.5", "pruning.stat.k": "None"}
+
+
+def test_rewind_to_an_epoch_needs_a_constant_lr(make_cfg):
+    validate(make_cfg("train=resnet", "model=resnet", "pruning.rewind=init"))
+    with pytest.raises(ConfigError, match=r"needs train\.lr_schedule=constant"):
+        validate(make_cfg("train=resnet", "model=resnet", "pruning.rewind=2"))
+
+
+def test_lr_schedule_is_optional_and_checked(make_cfg):
+    assert "lr_schedule" not in make_cfg().train  # absent = constant, so existing dense-model hashes stand
+    validate(make_cfg("model=resnet", "train=resnet"))
+    with pytest.raises(ConfigError, match=r"train.lr_schedule='step' is not allowed; choose one of: constant, cosine"):
+        validate(make_cfg("train=resnet", "train.lr_schedule=step"))

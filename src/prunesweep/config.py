@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from prunesweep.lit import LR_SCHEDULES
 from prunesweep.models import MODELS, build_model
 from prunesweep.pruning import PruningConfigError, PruningSpec, validate_spec
 
@@ -69,6 +70,8 @@ def validate(cfg: DictConfig) -> None:
         _choice(cfg, f"{stage}.optimizer", OPTIMIZERS)
         _number(cfg, f"{stage}.momentum", low=0.0, high=1.0, high_inclusive=False)
         _number(cfg, f"{stage}.weight_decay", low=0.0)
+        if cfg[stage].get("lr_schedule") is not None:  # optional key: absent = constant (keeps old hashes)
+            _choice(cfg, f"{stage}.lr_schedule", LR_SCHEDULES)
     _integer(cfg, "train.batch_size", low=1)
 
     _choice(cfg, "pruning.schedule", SCHEDULES)
@@ -81,6 +84,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"pruning.rewind={rewind!r} is not allowed; use null, init, or an epoch 0..{int(cfg.train.epochs) - 1} "
             "of dense training to rewind the surviving weights to"
+        )
+    schedule = cfg.train.get("lr_schedule") or "constant"
+    if epoch_ok and rewind > 0 and schedule != "constant":
+        # The epoch-k snapshot is made by training k epochs, which replays the full run only at a constant lr.
+        raise ConfigError(
+            f"pruning.rewind={rewind} needs train.lr_schedule=constant (it is {schedule!r}): a {schedule} schedule "
+            "over k epochs is not the first k epochs of the full run; use pruning.rewind=init"
         )
     _number(cfg, "pruning.sparsity", low=0.0, high=1.0, high_inclusive=False)
     try:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class Classifier(pl.LightningModule):
@@ -23,6 +26,7 @@ class Classifier(pl.LightningModule):
         optimizer: str = "sgd",
         momentum: float = 0.9,
         weight_decay: float = 0.0,
+        lr_schedule: str = "constant",
     ) -> None:
         super().__init__()
         self.model = model
@@ -30,6 +34,9 @@ class Classifier(pl.LightningModule):
         self.optimizer_name = optimizer
         self.momentum = momentum
         self.weight_decay = weight_decay
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={lr_schedule!r} is unknown; choose one of {LR_SCHEDULES}")
+        self.lr_schedule = lr_schedule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -48,11 +55,18 @@ class Classifier(pl.LightningModule):
         acc = (self.model(x).argmax(dim=1) == y).float().mean()
         self.log("val/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.optimizer_name == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+            optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant":
+            return optimizer
+        # cosine: per-step decay to 0 over the whole fit; the last epochs at a small lr settle the accuracy.
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
 @torch.inference_mode()

@@ -1,0 +1,64 @@
+"""The model registry: every model builds, runs on MNIST-shaped input, and declares units that exist."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunesweep.models import MODELS, ResNet, ViT, build_model
+from prunesweep.pruning import available_granularities
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_builds_and_declares_real_modules(name: str) -> None:
+    model = build_model(name)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    modules = dict(model.named_modules())
+    assert model.classifier in model.prunable_layers
+    for layer in (*model.prunable_layers, *getattr(model, "channel_layers", ())):
+        assert isinstance(modules[layer], (nn.Conv2d, nn.Linear))
+    for granularity, groups in getattr(model, "structures", {}).items():
+        for group, units in groups.items():
+            assert group in modules and units, (granularity, group)
+            if granularity != "head":
+                assert all(unit in modules for unit in units)
+
+
+def test_unknown_model_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"model.name='alexnet' is unknown; choose one of \[.*'resnet'.*'vit'"):
+        build_model("alexnet")
+
+
+@pytest.mark.parametrize(
+    ("model_cls", "expected"),
+    [
+        (ResNet, ["unstructured", "channel", "layer", "block"]),
+        (ViT, ["unstructured", "channel", "layer", "block", "head"]),
+    ],
+)
+def test_models_declare_their_granularities(model_cls, expected) -> None:
+    assert available_granularities(model_cls()) == expected
+
+
+def test_resnet_units_are_same_shape_only() -> None:
+    model = ResNet()
+    # stage 0 keeps its shape in all 3 blocks; stages 1 and 2 open with a downsampling block that is no unit
+    assert model.structures["block"] == {
+        "stages.0": ("stages.0.0", "stages.0.1", "stages.0.2"),
+        "stages.1": ("stages.1.1", "stages.1.2"),
+        "stages.2": ("stages.2.1", "stages.2.2"),
+    }
+    assert model.structures["layer"]["stages.1"] == (
+        "stages.1.1.conv1",
+        "stages.1.1.conv2",
+        "stages.1.2.conv1",
+        "stages.1.2.conv2",
+    )
+
+
+def test_vit_heads_are_per_encoder_layer() -> None:
+    model = ViT()
+    assert model.structures["head"]["encoder.2.attn.fn"] == ("0", "1", "2", "3")
+    assert model.structures["block"] == {"encoder": ("encoder.0", "encoder.1", "encoder.2", "encoder.3")}
+    assert model.channel_layers == tuple(f"encoder.{i}.mlp.fn.fc1" for i in range(4))
