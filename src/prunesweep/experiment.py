@@ -41,6 +41,7 @@ from prunesweep.pruning import (
     sparse_export,
 )
 from prunesweep.pruning.callback import PruningCallback
+from prunesweep.pruning.importance import IMPORTANCES
 from prunesweep.pruning.schedule import GradualSchedule, iterative_targets
 from prunesweep.tracking import PointRun, open_store, run_name
 from prunesweep.tracking.lightning import EpochMetrics
@@ -128,7 +129,7 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
 
     spec = pruning_spec(cfg)
     calib = None
-    if spec.importance in ("taylor", "entropy"):
+    if IMPORTANCES[spec.importance].requires_calibration:
         available = len(datamodule.train_dataloader())
         if spec.calib_batches > available:
             log.warning(
@@ -232,6 +233,7 @@ def _fit(
         optimizer=str(stage.optimizer),
         momentum=float(stage.get("momentum", 0.9)),
         weight_decay=float(stage.get("weight_decay", 0.0)),
+        lr_schedule=str(stage.get("lr_schedule", "constant")),
     )
     trainer = pl.Trainer(
         **OmegaConf.to_container(trainer_cfg, resolve=True),

@@ -103,5 +103,8 @@ def test_random_is_seeded() -> None:
 
 
 def test_registry_declares_calibration_needs() -> None:
-    assert {name for name, cls in IMPORTANCES.items() if cls.requires_calibration} == {"taylor", "entropy"}
+    calibrated = {name for name, cls in IMPORTANCES.items() if cls.requires_calibration}
+    assert calibrated == {"taylor", "entropy", "activation", "ablation"}
     assert IMPORTANCES["entropy"].granularities == frozenset({"channel"})
+    for coarse_only in ("activation", "ablation"):
+        assert IMPORTANCES[coarse_only].granularities == frozenset({"layer", "block", "head"})

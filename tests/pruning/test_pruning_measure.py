@@ -107,7 +107,9 @@ def test_sparse_export_of_dense_model_is_larger() -> None:
     assert sizes["csr_bytes"] > sizes["dense_bytes"]  # CSR only pays off once most weights are zero
 
 
-@pytest.mark.parametrize("module", ["spec", "units", "importance", "thresholds", "masks", "measure", "reconstruct"])
+@pytest.mark.parametrize(
+    "module", ["spec", "units", "structures", "importance", "thresholds", "masks", "measure", "reconstruct"]
+)
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(f"prunesweep.pruning.{module}"))
     assert result.failed == 0

@@ -3,15 +3,18 @@
 Plain PyTorch + Torch-Pruning; no Lightning, MLflow or Hydra here, so every piece can be unit-tested and
 reused. The pieces are swappable through name registries:
 
-* :mod:`.units` — ``GRANULARITIES``: ``unstructured`` (single weights) and ``channel`` (filters/neurons).
-* :mod:`.importance` — ``IMPORTANCES``: ``l1``, ``l2``, ``taylor``, ``entropy``, ``random``.
+* :mod:`.units` — ``GRANULARITIES``: ``unstructured`` (single weights) and ``channel`` (filters/neurons);
+  :mod:`.structures` adds ``layer``, ``block`` and ``head`` (units the model declares in ``structures``).
+* :mod:`.importance` — ``IMPORTANCES``: ``l1``, ``l2``, ``taylor``, ``entropy``, ``random``; ``activation``
+  and ``ablation`` for coarse units.
 * :mod:`.thresholds` — ``THRESHOLDS``: ``global``, ``layerwise``, ``statistical``.
 * :mod:`.masks` — :func:`compute_masks` / :func:`apply_masks` and friends.
 * :mod:`.reconstruct` — physically smaller models and sparse exports; :mod:`.measure` — params/MACs/latency.
 
 Target semantics: for ``unstructured`` the sparsity is the fraction of the pruned layers' *weights* (biases
-are never pruned); for ``channel`` it is the fraction of *units* (per layer for layerwise, across all pruned
-layers for global). Parameter sparsity over everything is measured separately with :func:`count_params`.
+are never pruned); for ``channel`` and the coarse granularities it is the fraction of *units* (per layer or
+group for layerwise, across all of them for global). Parameter sparsity over everything is measured separately
+with :func:`count_params`.
 """
 
 from prunesweep.pruning._util import clone_model
@@ -34,7 +37,14 @@ from prunesweep.pruning.reconstruct import (
     rebuild_channels,
     sparse_export,
 )
-from prunesweep.pruning.spec import PruningConfigError, PruningSpec, resolve_layers, validate_spec
+from prunesweep.pruning.spec import (
+    PruningConfigError,
+    PruningSpec,
+    available_granularities,
+    resolve_layers,
+    validate_spec,
+)
+from prunesweep.pruning.structures import Block, Head, Layer, rebuild_heads, rebuild_modules
 from prunesweep.pruning.thresholds import DISTRIBUTIONS, NORMALIZERS, THRESHOLDS, Threshold
 from prunesweep.pruning.units import GRANULARITIES, Channel, Granularity, Unstructured
 
@@ -45,9 +55,12 @@ __all__ = [
     "NORMALIZERS",
     "REBUILDERS",
     "THRESHOLDS",
+    "Block",
     "Channel",
     "Granularity",
+    "Head",
     "Importance",
+    "Layer",
     "LayerReport",
     "MaskPlan",
     "PruningConfigError",
@@ -56,6 +69,7 @@ __all__ = [
     "Unstructured",
     "apply_masks",
     "architecture",
+    "available_granularities",
     "clone_model",
     "compute_masks",
     "count_macs",
@@ -68,6 +82,8 @@ __all__ = [
     "masked_nonzero",
     "rebuild",
     "rebuild_channels",
+    "rebuild_heads",
+    "rebuild_modules",
     "resolve_layers",
     "size_bytes",
     "sparse_export",

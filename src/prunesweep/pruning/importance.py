@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunesweep.pruning._util import effective_param, eval_mode, model_device, trainable_param
+from prunesweep.pruning._util import clone_model, effective_param, eval_mode, model_device, trainable_param
 from prunesweep.pruning.units import Granularity
 
 if TYPE_CHECKING:
@@ -86,6 +86,8 @@ class L1(Importance):
     p: ClassVar[int] = 1
 
     def score(self, model, layer_names, granularity, calib=None):
+        if granularity.coarse:
+            return {layer: self._coarse(model, layer, granularity) for layer in layer_names}
         scores = {}
         for layer in layer_names:
             module = model.get_submodule(layer)
@@ -98,6 +100,23 @@ class L1(Importance):
             else:
                 scores[layer] = granularity.reduce(module, weight.pow(2)).sqrt()
         return scores
+
+    def _coarse(self, model: nn.Module, layer: str, granularity: Granularity) -> torch.Tensor:
+        """Size-normalised magnitude of each unit's conv/linear weights: mean |w| (l1) or L2 / sqrt(n) (l2).
+
+        Norm and bias parameters are left out: a BatchNorm scale near 1 would otherwise outweigh thousands of
+        small conv weights. Normalising by size makes a 3×3 conv comparable with an attention head."""
+        out = []
+        for index in range(granularity.count_units(model, layer)):
+            values = [
+                effective_param(model.get_submodule(name), pname).detach()[~mask.to(model_device(model))]
+                for name, params in granularity.unit_masks(model, layer, index).items()
+                for pname, mask in params.items()
+                if mask.dim() >= 2
+            ]
+            flat = torch.cat([v.flatten().float() for v in values])
+            out.append(flat.abs().mean() if self.p == 1 else flat.pow(2).mean().sqrt())
+        return torch.stack(out)
 
 
 @register_importance("l2")
@@ -127,6 +146,8 @@ class Taylor(Importance):
 
     def score(self, model, layer_names, granularity, calib=None):
         calib = self._need_calib(calib)
+        if granularity.coarse:
+            return self._coarse(model, layer_names, granularity, calib)
         modules = [model.get_submodule(layer) for layer in layer_names]
         params = [trainable_param(module, "weight") for module in modules]
         flags = [p.requires_grad for p in params]
@@ -154,6 +175,140 @@ class Taylor(Importance):
             layer: granularity.reduce(module, total)
             for layer, module, total in zip(layer_names, modules, totals, strict=True)
         }
+
+    def _coarse(self, model, layer_names, granularity, calib):
+        """Per unit and batch ``|Σ w·∂L/∂w|`` over all the unit's parameters (the first-order loss change of
+        zeroing the whole unit, Molchanov et al. 2019's group form), summed over batches. For a bypassed unit
+        (a ResNet conv+BN) this estimates zeroing it, not bypassing it: use ``ablation`` for the exact effect."""
+        units = [
+            (layer, granularity.unit_masks(model, layer, i))
+            for layer in layer_names
+            for i in range(granularity.count_units(model, layer))
+        ]
+        keys = sorted({(name, pname) for _, masks in units for name, ps in masks.items() for pname in ps})
+        params = [trainable_param(model.get_submodule(name), pname) for name, pname in keys]
+        flags = [p.requires_grad for p in params]
+        totals = [torch.zeros(()) for _ in units]
+        device = model_device(model)
+        n_batches = 0
+        try:
+            for p in params:
+                p.requires_grad_(True)
+            with eval_mode(model), torch.enable_grad():
+                for x, y in itertools.islice(calib, self.calib_batches):
+                    grads = torch.autograd.grad(F.cross_entropy(model(x.to(device)), y.to(device)), params)
+                    wg = {
+                        key: (effective_param(model.get_submodule(key[0]), key[1]).detach() * grad).float().cpu()
+                        for key, grad in zip(keys, grads, strict=True)
+                    }
+                    for u, (_, masks) in enumerate(units):
+                        change = sum(wg[(n, p)][~m].sum() for n, ps in masks.items() for p, m in ps.items())
+                        totals[u] += abs(float(change))
+                    n_batches += 1
+        finally:
+            for p, flag in zip(params, flags, strict=True):
+                p.requires_grad_(flag)
+        if n_batches == 0:
+            raise ValueError("taylor importance got an empty calibration iterable")
+        scores: dict[str, list[torch.Tensor]] = {layer: [] for layer in layer_names}
+        for (layer, _), total in zip(units, totals, strict=True):
+            scores[layer].append(total)
+        return {layer: torch.stack(values) for layer, values in scores.items()}
+
+
+COARSE = frozenset({"layer", "block", "head"})
+
+
+@register_importance("activation")
+class Activation(Importance):
+    """Mean L2 norm (per sample) of each unit's contribution to the residual stream on calibration batches.
+
+    A block's or layer's contribution is ``output - input`` (what replacing it by identity removes); a head's
+    is its slice of the output projection applied to its own output. Small contributions go first.
+    """
+
+    requires_calibration = True
+    granularities = COARSE
+    why_restricted = "activation measures a unit's contribution to the residual stream"
+
+    def __init__(self, calib_batches: int = 8) -> None:
+        self.calib_batches = calib_batches
+
+    @classmethod
+    def from_spec(cls, spec: PruningSpec) -> Activation:
+        return cls(calib_batches=spec.calib_batches)
+
+    def score(self, model, layer_names, granularity, calib=None):
+        calib = self._need_calib(calib)
+        sums = {layer: torch.zeros(granularity.count_units(model, layer), dtype=torch.float64) for layer in layer_names}
+        samples = 0
+
+        def recorder(layer: str):
+            def record(index: int, contribution: torch.Tensor) -> None:
+                sums[layer][index] += float(contribution.detach().flatten(1).norm(dim=1).double().sum())
+
+            return record
+
+        handles = [h for layer in layer_names for h in granularity.watch(model, layer, recorder(layer))]
+        device = model_device(model)
+        try:
+            with eval_mode(model), torch.inference_mode():
+                for x, _ in itertools.islice(calib, self.calib_batches):
+                    model(x.to(device))
+                    samples += len(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if samples == 0:
+            raise ValueError("activation importance got an empty calibration iterable")
+        return {layer: (total / samples).float() for layer, total in sums.items()}
+
+
+@register_importance("ablation")
+class Ablation(Importance):
+    """Measured increase of the calibration loss when the unit alone is removed (masked exactly as pruning
+    would mask it, bypass included). Exact, and one evaluation per unit: fine for tens of coarse units."""
+
+    requires_calibration = True
+    granularities = COARSE
+    why_restricted = "ablation removes whole units one at a time (one evaluation each)"
+
+    def __init__(self, calib_batches: int = 8) -> None:
+        self.calib_batches = calib_batches
+
+    @classmethod
+    def from_spec(cls, spec: PruningSpec) -> Ablation:
+        return cls(calib_batches=spec.calib_batches)
+
+    def score(self, model, layer_names, granularity, calib=None):
+        from prunesweep.pruning.masks import MaskPlan, apply_masks  # local: masks imports this module
+
+        batches = list(itertools.islice(self._need_calib(calib), self.calib_batches))
+        if not batches:
+            raise ValueError("ablation importance got an empty calibration iterable")
+        device = model_device(model)
+
+        def loss(net: nn.Module) -> float:
+            with eval_mode(net), torch.inference_mode():
+                return sum(float(F.cross_entropy(net(x.to(device)), y.to(device), reduction="sum")) for x, y in batches)
+
+        base = loss(model)
+        scores = {}
+        for layer in layer_names:
+            deltas = []
+            for index in range(granularity.count_units(model, layer)):
+                keep = torch.ones(granularity.count_units(model, layer), dtype=torch.bool)
+                keep[index] = False
+                plan = MaskPlan(
+                    masks=granularity.expand(model, layer, keep),
+                    layers=[],
+                    bypass=tuple(granularity.bypassed(model, layer, keep)),
+                )
+                ablated = clone_model(model)
+                apply_masks(ablated, plan)
+                deltas.append((loss(ablated) - base) / sum(len(y) for _, y in batches))
+            scores[layer] = torch.tensor(deltas, dtype=torch.float32)
+        return scores
 
 
 @register_importance("entropy")
@@ -185,8 +340,12 @@ class Entropy(Importance):
 
         def recorder(layer: str):
             def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-                # (N, C, *spatial) -> (N, C): per-sample spatial mean; linear (N, C) stays as is.
-                values = output.flatten(2).mean(dim=2) if output.dim() > 2 else output
+                # (N, C, *spatial) -> (N, C): per-sample spatial mean; linear (N, C) stays as is, and a linear
+                # over tokens (N, T, C) is averaged over its tokens.
+                if isinstance(module, nn.Linear):
+                    values = output.flatten(1, -2).mean(dim=1) if output.dim() > 2 else output
+                else:
+                    values = output.flatten(2).mean(dim=2) if output.dim() > 2 else output
                 outputs[layer].append(values.detach().float())
 
             return hook
@@ -235,8 +394,8 @@ class Random(Importance):
         scores = {}
         for layer in layer_names:
             module = model.get_submodule(layer)
-            weight = effective_param(module, "weight")
-            shape = weight.shape if not granularity.structured else (granularity.unit_count(module),)
+            weight = next(iter(module.parameters())) if granularity.coarse else effective_param(module, "weight")
+            shape = weight.shape if not granularity.structured else (granularity.count_units(model, layer),)
             # Drawn on CPU so the same seed gives the same ranking on every device.
             scores[layer] = torch.rand(shape, generator=generator).to(weight.device)
         return scores

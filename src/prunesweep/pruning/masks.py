@@ -75,6 +75,9 @@ class MaskPlan:
     kept_units: dict[str, torch.Tensor] = field(default_factory=dict)
     spec: PruningSpec | None = None
     granularity: str = "unstructured"
+    #: Modules whose output is replaced by their input (a removed unit that zero weights alone cannot turn
+    #: into identity, e.g. a conv+BN inside a residual block); see :mod:`.structures`.
+    bypass: tuple[str, ...] = ()
 
     @property
     def units_total(self) -> int:
@@ -98,7 +101,26 @@ class MaskPlan:
             "unit_sparsity": self.unit_sparsity,
             "layers": [r.to_dict() for r in self.layers],
             "notes": list(self.notes),
+            "bypass": list(self.bypass),
         }
+
+
+class Bypass:
+    """Forward hook making a module an identity map; a class so it can be found, copied and removed."""
+
+    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        return inputs[0]
+
+
+def is_bypassed(module: nn.Module) -> bool:
+    return any(isinstance(hook, Bypass) for hook in module._forward_hooks.values())
+
+
+def remove_bypasses(model: nn.Module) -> None:
+    """Drop every :class:`Bypass` hook (before a rebuild replaces those modules by ``nn.Identity``)."""
+    for module in model.modules():
+        for key in [k for k, hook in module._forward_hooks.items() if isinstance(hook, Bypass)]:
+            del module._forward_hooks[key]
 
 
 def _merge(into: dict[str, dict[str, torch.Tensor]], masks: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -150,7 +172,11 @@ def compute_masks(
     if previous is not None:
         for layer in scored:
             old = previous.masks.get(layer, {}).get("weight")
-            if old is not None:
+            if granularity.coarse and layer in previous.kept_units:
+                alive = torch.zeros(scores[layer].shape, dtype=torch.bool)
+                alive[previous.kept_units[layer].cpu()] = True
+                scores[layer] = scores[layer].masked_fill(~alive, float("-inf"))
+            elif old is not None:
                 alive = granularity.units_alive(modules[layer], old).reshape(scores[layer].shape)
                 scores[layer] = scores[layer].masked_fill(~alive, float("-inf"))
 
@@ -180,26 +206,40 @@ def compute_masks(
             )
 
     masks: dict[str, dict[str, torch.Tensor]] = {}
+    bypass: list[str] = []
     for layer in scored:
         _merge(masks, granularity.expand(model, layer, alloc.keep[layer]))
+        bypass.extend(granularity.bypassed(model, layer, alloc.keep[layer]))
     if previous is not None:
         _merge(masks, {m: p for m, p in previous.masks.items() if m in masks or _has_module(model, m)})
+        bypass.extend(m for m in previous.bypass if m not in bypass)
 
     kept_units: dict[str, torch.Tensor] = {}
     if granularity.structured:
         kept_units = {layer: alloc.keep[layer].nonzero().flatten() for layer in scored}
+    if granularity.structured and not granularity.coarse:
+        # Coupled outputs (a residual add joins the stem's and every block's channels) are removed together,
+        # so a layer can lose more units than its own target: report and rebuild what the masks removed.
+        for layer in scored:
+            alive = granularity.units_alive(modules[layer], masks[layer]["weight"]).reshape(alloc.keep[layer].shape)
+            extra = int((alloc.keep[layer] & ~alive).sum())
+            if not alive.any():
+                raise ValueError(
+                    f"channel pruning removed every output of {layer}: its outputs are coupled (e.g. by residual "
+                    "adds) to other pruned layers whose cuts add up; prune fewer coupled layers (pruning.layers, "
+                    "or the model's channel_layers)"
+                )
+            if extra:
+                notes.append(
+                    f"{layer}: {extra} more {granularity.unit_label(modules[layer])} removed through coupling "
+                    f"with other layers' outputs ({int((~alive).sum())} of {alive.numel()} in all)"
+                )
+                alloc.keep[layer] = alive
+                kept_units[layer] = alive.nonzero().flatten()
 
     reports = []
     for layer in layers:
-        module = modules[layer]
-        params_total = params_pruned = 0
-        for pname in ("weight", "bias"):
-            if getattr(module, pname, None) is None and not is_reparametrized(module, pname):
-                continue
-            param = effective_param(module, pname)
-            params_total += param.numel()
-            mask = masks.get(layer, {}).get(pname)
-            params_pruned += int((~mask).sum()) if mask is not None else 0
+        params_total, params_pruned = granularity.layer_params(model, layer, masks)
         info = alloc.info.get(layer, {})
         mean, std = raw_stats.get(layer, (None, None))
         has_units = layer in alloc.keep
@@ -234,6 +274,7 @@ def compute_masks(
         kept_units=kept_units,
         spec=spec,
         granularity=spec.granularity,
+        bypass=tuple(bypass),
     )
 
 
@@ -251,7 +292,7 @@ def apply_masks(model: nn.Module, plan: MaskPlan) -> None:
     A parameter that is already pruned first gets its old mask baked in (``prune.remove``) and then the new
     one: masks never stack into a ``PruningContainer``, whose amounts would be relative to the remainder.
     Parameter objects keep their identity (``weight`` becomes ``weight_orig``), so an optimizer created
-    earlier keeps training the same tensors.
+    earlier keeps training the same tensors. Modules in ``plan.bypass`` get a :class:`Bypass` hook (once).
     """
     for module_name, params in plan.masks.items():
         module = model.get_submodule(module_name)
@@ -260,6 +301,10 @@ def apply_masks(model: nn.Module, plan: MaskPlan) -> None:
                 prune.remove(module, pname)
             param = getattr(module, pname)
             prune.custom_from_mask(module, pname, mask.to(device=param.device))
+    for module_name in plan.bypass:
+        module = model.get_submodule(module_name)
+        if not is_bypassed(module):
+            module.register_forward_hook(Bypass())
 
 
 def make_permanent(model: nn.Module) -> None:

@@ -45,18 +45,25 @@ def rebuild_channels(model: nn.Module, plan: MaskPlan, example_inputs: torch.Ten
     if example_inputs is None:
         example_inputs = torch.zeros(DEFAULT_INPUT_SHAPE)
     with torch.enable_grad():  # Torch-Pruning traces through autograd
-        graph = tp.DependencyGraph().build_dependency(rebuilt, example_inputs=example_inputs.to(device))
+        with warnings.catch_warnings():  # free parameters (a ViT's cls/pos embeddings) are never pruned here
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            graph = tp.DependencyGraph().build_dependency(rebuilt, example_inputs=example_inputs.to(device))
+        done: set[nn.Module] = set()
         for layer, kept in plan.kept_units.items():
             module = rebuilt.get_submodule(layer)
+            if module in done:
+                continue  # its outputs were coupled (a residual add) to an earlier layer's and went with them
             n_units = graph.get_pruner_of_module(module).get_out_channels(module)
             keep = torch.zeros(n_units, dtype=torch.bool)
             keep[kept.cpu()] = True
             pruned = (~keep).nonzero().flatten().tolist()
             if not pruned:
                 continue
-            # Indices refer to this layer's own outputs, which earlier groups never renumber: pruning conv1
-            # only touches conv2's *inputs*, so each group can use the plan's original indices.
+            # Indices refer to this layer's own outputs, which other groups never renumber: pruning conv1 only
+            # touches conv2's *inputs*, so each group can use the plan's original indices. Layers whose outputs
+            # are coupled share one group (and, after compute_masks, one keep set), pruned once.
             group = graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels, pruned)
+            done.update(dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler))
             group.prune()
     return rebuilt
 

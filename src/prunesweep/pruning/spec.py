@@ -49,29 +49,38 @@ class PruningSpec:
 def resolved_normalize(spec: PruningSpec) -> str:
     """The normaliser actually used by the global threshold.
 
-    ``auto`` means ``none`` for unstructured (so global+l1 is *exactly* ``prune.global_unstructured``) and
-    ``mean`` for structured units. Raw per-unit norms are not comparable across layers: with PyTorch's
-    default init a unit's L1 norm grows like sqrt(fan_in), so LeNet5's conv1 filters (fan_in 25) would all go
-    before any fc1 neuron (fan_in 800). Dividing by the layer mean makes scores scale-free per layer while
-    keeping each layer's spread, is what Torch-Pruning's importances default to, and unlike ``max`` it is not
-    driven by one outlier unit. LAMP stays available but was designed for per-weight scores.
+    ``auto`` means ``none`` for unstructured (so global+l1 is *exactly* ``prune.global_unstructured``) and for
+    coarse units (layer/block/head), and ``mean`` for channels. Raw per-channel norms are not comparable across
+    layers: with PyTorch's default init a unit's L1 norm grows like sqrt(fan_in), so LeNet5's conv1 filters (fan_in
+    25) would all go before any fc1 neuron (fan_in 800). Dividing by the layer mean makes scores scale-free per
+    layer while keeping each layer's spread, is what Torch-Pruning's importances default to, and unlike ``max`` it
+    is not driven by one outlier unit. LAMP stays available but was designed for per-weight scores.
     """
     if spec.normalize != "auto":
         return spec.normalize
-    return "mean" if GRANULARITIES[spec.granularity].structured else "none"
+    granularity = GRANULARITIES[spec.granularity]
+    # Coarse scores are comparable across groups by construction (size-normalised magnitudes, loss deltas,
+    # contribution norms), and a group of 2-4 units has no meaningful mean to divide by.
+    return "mean" if granularity.structured and not granularity.coarse else "none"
 
 
 def resolve_layers(spec: PruningSpec, model: nn.Module) -> tuple[str, ...]:
-    """``spec.layers`` or, when empty, the model's declared ``prunable_layers``."""
+    """``spec.layers`` or, when empty, what the granularity takes from the model's declarations
+    (``prunable_layers``; ``channel_layers`` for channel; the groups of ``structures`` for coarse units)."""
     if spec.layers:
         return tuple(spec.layers)
-    layers = getattr(model, "prunable_layers", None)
+    layers = GRANULARITIES[spec.granularity]().default_layers(model)
     if not layers:
         raise PruningConfigError(
             f"pruning.layers=[] but {type(model).__name__} declares no prunable_layers; "
             f"list module names explicitly, e.g. one of {_candidate_layers(model)}"
         )
     return tuple(layers)
+
+
+def available_granularities(model: nn.Module) -> list[str]:
+    """Granularity names ``model`` declares units for, e.g. ``['unstructured', 'channel']`` for LeNet-5."""
+    return [name for name, cls in GRANULARITIES.items() if cls().unavailable(model) is None]
 
 
 def _fmt(names: Iterable[object]) -> str:
@@ -111,6 +120,17 @@ def validate_spec(spec: PruningSpec, model: nn.Module) -> None:
 
     importance = IMPORTANCES[spec.importance]
     granularity = GRANULARITIES[spec.granularity]()
+    missing = granularity.unavailable(model)
+    if missing is not None:
+        raise PruningConfigError(
+            f"pruning.granularity={spec.granularity} is not available for {type(model).__name__}: {missing}; "
+            f"it has {_fmt(available_granularities(model))}"
+        )
+    if granularity.coarse and spec.threshold == "statistical":
+        raise PruningConfigError(
+            f"pruning.threshold=statistical is not defined for pruning.granularity={spec.granularity}: it fits a "
+            "distribution to each group's scores, and a group has only a handful of units; use layerwise or global"
+        )
     if importance.granularities is not None and spec.granularity not in importance.granularities:
         others = [n for n, cls in IMPORTANCES.items() if cls.granularities is None]
         raise PruningConfigError(
@@ -143,6 +163,11 @@ def validate_spec(spec: PruningSpec, model: nn.Module) -> None:
         if layer in seen:
             raise PruningConfigError(f"pruning.layers={_fmt(layers)} lists {layer} twice")
         seen.add(layer)
+        if granularity.coarse:
+            reason = granularity.unavailable_layer(model, layer)
+            if reason is not None:
+                raise PruningConfigError(f"pruning.layers contains {layer}: {reason}")
+            continue
         if layer not in modules or not layer:
             raise PruningConfigError(
                 f"pruning.layers contains {layer}, which {type(model).__name__} does not have; "

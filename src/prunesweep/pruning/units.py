@@ -7,7 +7,8 @@ A granularity answers four questions, so importance and threshold code never nee
 * how per-weight numbers fold into per-unit numbers (``unit_view`` / ``reduce``),
 * which parameter entries disappear when a unit goes (``expand``), including coupled layers downstream.
 
-New granularities ("layer", "block", "head") subclass :class:`Granularity` and register a name:
+Coarser granularities ("layer", "block", "head") live in :mod:`.structures`; any new one subclasses
+:class:`Granularity` and registers a name:
 
 >>> import torch
 >>> from prunesweep.models import LeNet5
@@ -24,13 +25,14 @@ New granularities ("layer", "block", "head") subclass :class:`Granularity` and r
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from prunesweep.pruning._util import clone_model, effective_param, pruned_tensor_names
+from prunesweep.pruning._util import clone_model, effective_param, is_reparametrized, pruned_tensor_names
 
 GRANULARITIES: dict[str, type[Granularity]] = {}
 
@@ -53,6 +55,36 @@ class Granularity:
     #: Structured granularities remove whole units (and keep at least one per layer); unstructured ones
     #: zero single weights and may empty a layer, exactly like ``torch.nn.utils.prune``.
     structured: ClassVar[bool] = False
+    #: Coarse granularities prune units the model declares in ``model.structures`` (see :mod:`.structures`).
+    coarse: ClassVar[bool] = False
+
+    def default_layers(self, model: nn.Module) -> tuple[str, ...]:
+        """What ``pruning.layers=null`` means for this granularity on ``model`` (empty if it declares nothing)."""
+        return tuple(getattr(model, "prunable_layers", None) or ())
+
+    def unavailable(self, model: nn.Module) -> str | None:
+        """``None`` if ``model`` has units of this granularity at all, else a short reason why not."""
+        return None
+
+    def count_units(self, model: nn.Module, layer: str) -> int:
+        """How many units ``layer`` has (a coarse group's units are not one module's rows)."""
+        return self.unit_count(model.get_submodule(layer))
+
+    def layer_params(self, model: nn.Module, layer: str, masks: dict[str, dict[str, torch.Tensor]]) -> tuple[int, int]:
+        """``(total, masked)`` weight+bias entries of ``layer`` itself, as a :class:`LayerReport` counts them."""
+        module = model.get_submodule(layer)
+        total = pruned = 0
+        for pname in ("weight", "bias"):
+            if getattr(module, pname, None) is None and not is_reparametrized(module, pname):
+                continue
+            total += effective_param(module, pname).numel()
+            mask = masks.get(layer, {}).get(pname)
+            pruned += int((~mask).sum()) if mask is not None else 0
+        return total, pruned
+
+    def bypassed(self, model: nn.Module, layer: str, keep: torch.Tensor) -> list[str]:
+        """Modules that masking alone cannot remove and that must be bypassed (output := input)."""
+        return []
 
     def bind(self, model: nn.Module, example_inputs: torch.Tensor | None = None) -> Granularity:
         """Attach whatever model-specific state :meth:`expand` needs. Returns ``self`` for chaining."""
@@ -142,7 +174,10 @@ class Channel(Granularity):
                 torch.nn.utils.prune.remove(module, tensor_name)
         clean.eval()
         device = next(clean.parameters()).device
-        with torch.enable_grad():  # Torch-Pruning traces through autograd; callers may be under no_grad
+        # Torch-Pruning traces through autograd (callers may be under no_grad); free parameters (a ViT's
+        # cls/pos embeddings) are never pruned here, so its warning about them is noise.
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             self._graph = tp.DependencyGraph().build_dependency(clean, example_inputs=example_inputs.to(device))
         self._clean = clean
         self._names = {module: name for name, module in clean.named_modules()}
@@ -154,6 +189,10 @@ class Channel(Granularity):
         if isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1:
             return "grouped/depthwise convolutions are not supported yet"
         return None
+
+    def default_layers(self, model: nn.Module) -> tuple[str, ...]:
+        # A model may restrict channels to some layers (ViT: MLP hidden neurons, not the residual stream).
+        return tuple(getattr(model, "channel_layers", None) or super().default_layers(model))
 
     def has_units(self, model: nn.Module, layer: str) -> bool:
         return layer != getattr(model, "classifier", None)
