@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -94,3 +94,26 @@ def clone_model(model: nn.Module) -> nn.Module:
             if isinstance(value, torch.Tensor) and not value.is_leaf:
                 memo[id(value)] = value.detach().clone()
     return copy.deepcopy(model, memo)
+
+
+def registrar(registry: dict[str, type], config_key: str) -> Callable[[str], Callable[[type], type]]:
+    """A class-decorator factory: ``@register("l1")`` names the class and files it in ``registry``.
+
+    >>> REG: dict[str, type] = {}
+    >>> register = registrar(REG, "pruning.importance")
+    >>> @register("l1")
+    ... class L1: ...
+    >>> REG["l1"].name
+    'l1'
+    """
+
+    def register(name: str) -> Callable[[type], type]:
+        def decorate(cls: type) -> type:
+            cls.name = name
+            registry[name] = cls
+            return cls
+
+        return decorate
+
+    register.__doc__ = f"Class decorator: make a class selectable as ``{config_key}=<name>``."
+    return register

@@ -23,7 +23,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunesweep.pruning._util import clone_model, effective_param, eval_mode, model_device, trainable_param
+from prunesweep.pruning._util import (
+    clone_model,
+    effective_param,
+    eval_mode,
+    model_device,
+    registrar,
+    trainable_param,
+)
 from prunesweep.pruning.units import Granularity
 
 if TYPE_CHECKING:
@@ -34,15 +41,7 @@ Calibration = Iterable[tuple[torch.Tensor, torch.Tensor]]
 IMPORTANCES: dict[str, type[Importance]] = {}
 
 
-def register_importance(name: str):
-    """Class decorator: make an :class:`Importance` subclass selectable as ``pruning.importance=<name>``."""
-
-    def decorate(cls: type[Importance]) -> type[Importance]:
-        cls.name = name
-        IMPORTANCES[name] = cls
-        return cls
-
-    return decorate
+register_importance = registrar(IMPORTANCES, "pruning.importance")
 
 
 class Importance:
@@ -77,6 +76,19 @@ class Importance:
                 f"pruning.importance={self.name} needs calibration batches: pass calib=<iterable of (x, y)>"
             )
         return calib
+
+
+class CalibratedImportance(Importance):
+    """Base for importances measured on data: they read up to ``calib_batches`` batches of ``calib``."""
+
+    requires_calibration = True
+
+    def __init__(self, calib_batches: int = 8) -> None:
+        self.calib_batches = calib_batches
+
+    @classmethod
+    def from_spec(cls, spec: PruningSpec) -> CalibratedImportance:
+        return cls(calib_batches=spec.calib_batches)
 
 
 @register_importance("l1")
@@ -127,22 +139,13 @@ class L2(L1):
 
 
 @register_importance("taylor")
-class Taylor(Importance):
+class Taylor(CalibratedImportance):
     """First-order Taylor estimate of the loss change, ``|w · ∂L/∂w|`` (Molchanov et al. 2017/2019).
 
     Cross-entropy on up to ``calib_batches`` batches, run in eval mode (no dropout noise, no BatchNorm
     statistics updates). Per-batch ``|w·g|`` terms are summed; per unit they are summed over the unit.
     Gradients come from ``torch.autograd.grad`` so no ``.grad`` is left on the model.
     """
-
-    requires_calibration = True
-
-    def __init__(self, calib_batches: int = 8) -> None:
-        self.calib_batches = calib_batches
-
-    @classmethod
-    def from_spec(cls, spec: PruningSpec) -> Taylor:
-        return cls(calib_batches=spec.calib_batches)
 
     def score(self, model, layer_names, granularity, calib=None):
         calib = self._need_calib(calib)
@@ -220,23 +223,15 @@ COARSE = frozenset({"layer", "block", "head"})
 
 
 @register_importance("activation")
-class Activation(Importance):
+class Activation(CalibratedImportance):
     """Mean L2 norm (per sample) of each unit's contribution to the residual stream on calibration batches.
 
     A block's or layer's contribution is ``output - input`` (what replacing it by identity removes); a head's
     is its slice of the output projection applied to its own output. Small contributions go first.
     """
 
-    requires_calibration = True
     granularities = COARSE
     why_restricted = "activation measures a unit's contribution to the residual stream"
-
-    def __init__(self, calib_batches: int = 8) -> None:
-        self.calib_batches = calib_batches
-
-    @classmethod
-    def from_spec(cls, spec: PruningSpec) -> Activation:
-        return cls(calib_batches=spec.calib_batches)
 
     def score(self, model, layer_names, granularity, calib=None):
         calib = self._need_calib(calib)
@@ -265,20 +260,12 @@ class Activation(Importance):
 
 
 @register_importance("ablation")
-class Ablation(Importance):
+class Ablation(CalibratedImportance):
     """Measured increase of the calibration loss when the unit alone is removed (masked exactly as pruning
     would mask it, bypass included). Exact, and one evaluation per unit: fine for tens of coarse units."""
 
-    requires_calibration = True
     granularities = COARSE
     why_restricted = "ablation removes whole units one at a time (one evaluation each)"
-
-    def __init__(self, calib_batches: int = 8) -> None:
-        self.calib_batches = calib_batches
-
-    @classmethod
-    def from_spec(cls, spec: PruningSpec) -> Ablation:
-        return cls(calib_batches=spec.calib_batches)
 
     def score(self, model, layer_names, granularity, calib=None):
         from prunesweep.pruning.masks import MaskPlan, apply_masks  # local: masks imports this module
@@ -312,7 +299,7 @@ class Ablation(Importance):
 
 
 @register_importance("entropy")
-class Entropy(Importance):
+class Entropy(CalibratedImportance):
     """Entropy of each unit's activation distribution over the calibration data (Luo & Wu 2017).
 
     Conv outputs are reduced per sample to their spatial mean; each unit's values are histogrammed into
@@ -320,17 +307,12 @@ class Entropy(Importance):
     little information, has low entropy and is pruned first. Constant units score 0.
     """
 
-    requires_calibration = True
     granularities = frozenset({"channel"})
     why_restricted = "entropy scores a unit's activations"
 
     def __init__(self, calib_batches: int = 8, bins: int = 32) -> None:
-        self.calib_batches = calib_batches
+        super().__init__(calib_batches)
         self.bins = bins
-
-    @classmethod
-    def from_spec(cls, spec: PruningSpec) -> Entropy:
-        return cls(calib_batches=spec.calib_batches)
 
     def score(self, model, layer_names, granularity, calib=None):
         calib = self._need_calib(calib)

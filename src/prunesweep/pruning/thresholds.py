@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from prunesweep.pruning._util import registrar
+
 if TYPE_CHECKING:
     from prunesweep.pruning.spec import PruningSpec
 
@@ -124,15 +126,7 @@ class Allocation:
 THRESHOLDS: dict[str, type[Threshold]] = {}
 
 
-def register_threshold(name: str):
-    """Class decorator: make a :class:`Threshold` subclass selectable as ``pruning.threshold=<name>``."""
-
-    def decorate(cls: type[Threshold]) -> type[Threshold]:
-        cls.name = name
-        THRESHOLDS[name] = cls
-        return cls
-
-    return decorate
+register_threshold = registrar(THRESHOLDS, "pruning.threshold")
 
 
 def _max_or_none(values: torch.Tensor) -> float | None:

@@ -32,20 +32,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from prunesweep.pruning._util import clone_model, effective_param, is_reparametrized, pruned_tensor_names
+from prunesweep.pruning._util import clone_model, effective_param, is_reparametrized, pruned_tensor_names, registrar
 
 GRANULARITIES: dict[str, type[Granularity]] = {}
 
 
-def register_granularity(name: str):
-    """Class decorator: make a :class:`Granularity` subclass selectable as ``pruning.granularity=<name>``."""
-
-    def decorate(cls: type[Granularity]) -> type[Granularity]:
-        cls.name = name
-        GRANULARITIES[name] = cls
-        return cls
-
-    return decorate
+register_granularity = registrar(GRANULARITIES, "pruning.granularity")
 
 
 class Granularity:
