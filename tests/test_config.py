@@ -12,7 +12,7 @@ from prunesweep.config import ConfigError, config_hash, dense_key, flatten, prun
 GROUP_OPTIONS = [
     (group.name, option.stem)
     for group in sorted(CONF_DIR.iterdir())
-    if group.is_dir() and group.name not in ("hydra", "experiment")
+    if group.is_dir() and group.name not in ("hydra", "experiment", "model_unit")
     for option in sorted(group.glob("*.yaml"))
 ]
 
@@ -26,6 +26,13 @@ def test_every_group_option_composes_and_validates(make_cfg, group, option):
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_composes_and_validates(make_cfg, experiment):
     validate(make_cfg(f"+experiment={experiment}"))
+
+
+@pytest.mark.parametrize("pair", sorted(p.stem for p in (CONF_DIR / "model_unit").glob("*.yaml")))
+def test_every_model_unit_pair_selects_its_model_and_granularity(make_cfg, pair):
+    cfg = make_cfg(f"+model_unit={pair}")
+    validate(cfg)
+    assert f"{cfg.model.name}_{cfg.pruning.granularity}" == pair
 
 
 @pytest.mark.parametrize("sweep", sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
