@@ -16,7 +16,7 @@ Scores are plain detached tensors keyed by layer name, shaped like the layer's w
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -153,8 +153,22 @@ class Taylor(CalibratedImportance):
             return self._coarse(model, layer_names, granularity, calib)
         modules = [model.get_submodule(layer) for layer in layer_names]
         params = [trainable_param(module, "weight") for module in modules]
-        flags = [p.requires_grad for p in params]
         totals = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        for grads in self._gradients(model, params, calib):
+            for total, module, grad in zip(totals, modules, grads, strict=True):
+                # For a pruned weight, d/d(orig) = mask * d/d(effective); the masked entries have w=0,
+                # so |w_eff * grad_orig| equals |w_eff * dL/dw_eff| everywhere.
+                total += (effective_param(module, "weight").detach() * grad).abs().float()
+        return {
+            layer: granularity.reduce(module, total)
+            for layer, module, total in zip(layer_names, modules, totals, strict=True)
+        }
+
+    def _gradients(
+        self, model: nn.Module, params: list[torch.Tensor], calib: Calibration
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """∂(cross-entropy)/∂params for each calibration batch, in eval mode; requires_grad flags are restored."""
+        flags = [p.requires_grad for p in params]
         device = model_device(model)
         n_batches = 0
         try:
@@ -162,22 +176,13 @@ class Taylor(CalibratedImportance):
                 p.requires_grad_(True)
             with eval_mode(model), torch.enable_grad():
                 for x, y in itertools.islice(calib, self.calib_batches):
-                    loss = F.cross_entropy(model(x.to(device)), y.to(device))
-                    grads = torch.autograd.grad(loss, params)
-                    for total, module, grad in zip(totals, modules, grads, strict=True):
-                        # For a pruned weight, d/d(orig) = mask * d/d(effective); the masked entries have w=0,
-                        # so |w_eff * grad_orig| equals |w_eff * dL/dw_eff| everywhere.
-                        total += (effective_param(module, "weight").detach() * grad).abs().float()
+                    yield torch.autograd.grad(F.cross_entropy(model(x.to(device)), y.to(device)), params)
                     n_batches += 1
         finally:
             for p, flag in zip(params, flags, strict=True):
                 p.requires_grad_(flag)
         if n_batches == 0:
             raise ValueError("taylor importance got an empty calibration iterable")
-        return {
-            layer: granularity.reduce(module, total)
-            for layer, module, total in zip(layer_names, modules, totals, strict=True)
-        }
 
     def _coarse(self, model, layer_names, granularity, calib):
         """Per unit and batch ``|Σ w·∂L/∂w|`` over all the unit's parameters (the first-order loss change of
@@ -190,29 +195,15 @@ class Taylor(CalibratedImportance):
         ]
         keys = sorted({(name, pname) for _, masks in units for name, ps in masks.items() for pname in ps})
         params = [trainable_param(model.get_submodule(name), pname) for name, pname in keys]
-        flags = [p.requires_grad for p in params]
         totals = [torch.zeros(()) for _ in units]
-        device = model_device(model)
-        n_batches = 0
-        try:
-            for p in params:
-                p.requires_grad_(True)
-            with eval_mode(model), torch.enable_grad():
-                for x, y in itertools.islice(calib, self.calib_batches):
-                    grads = torch.autograd.grad(F.cross_entropy(model(x.to(device)), y.to(device)), params)
-                    wg = {
-                        key: (effective_param(model.get_submodule(key[0]), key[1]).detach() * grad).float().cpu()
-                        for key, grad in zip(keys, grads, strict=True)
-                    }
-                    for u, (_, masks) in enumerate(units):
-                        change = sum(wg[(n, p)][~m].sum() for n, ps in masks.items() for p, m in ps.items())
-                        totals[u] += abs(float(change))
-                    n_batches += 1
-        finally:
-            for p, flag in zip(params, flags, strict=True):
-                p.requires_grad_(flag)
-        if n_batches == 0:
-            raise ValueError("taylor importance got an empty calibration iterable")
+        for grads in self._gradients(model, params, calib):
+            wg = {
+                key: (effective_param(model.get_submodule(key[0]), key[1]).detach() * grad).float().cpu()
+                for key, grad in zip(keys, grads, strict=True)
+            }
+            for u, (_, masks) in enumerate(units):
+                change = sum(wg[(n, p)][~m].sum() for n, ps in masks.items() for p, m in ps.items())
+                totals[u] += abs(float(change))
         scores: dict[str, list[torch.Tensor]] = {layer: [] for layer in layer_names}
         for (layer, _), total in zip(units, totals, strict=True):
             scores[layer].append(total)
