@@ -12,11 +12,18 @@ import pytest
 import torch
 
 from prunesweep.models import LeNet5, LeNet300
-from prunesweep.pruning import PruningSpec, apply_masks, compute_masks, count_params, masked_nonzero
+from prunesweep.pruning import (
+    PruningSpec,
+    apply_masks,
+    compute_masks,
+    count_params,
+    make_threshold,
+    masked_nonzero,
+)
 from prunesweep.pruning.schedule import GradualSchedule, iterative_targets
 
 IMPORTANCES = ["l1", "l2", "taylor", "entropy", "random"]
-THRESHOLDS = ["global", "layerwise", "statistical"]
+THRESHOLDS = ["global", "layerwise", "statistical", "sensitivity"]
 TARGET = 0.8
 
 
@@ -65,8 +72,11 @@ def test_combination(model_cls, schedule, threshold, importance, granularity):
     # one optimizer for the whole run: mask updates must keep training the same parameter objects
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     plan = None
+    allocation = make_threshold(spec)  # one object for the schedule: sensitivity measures the model once
     for target in _targets(schedule):
-        plan = compute_masks(model, dataclasses.replace(spec, sparsity=target), batches, previous=plan)
+        plan = compute_masks(
+            model, dataclasses.replace(spec, sparsity=target), batches, previous=plan, threshold=allocation
+        )
         apply_masks(model, plan)
         for batch in batches:
             _train_step(model, optimizer, batch)

@@ -7,7 +7,8 @@ reused. The pieces are swappable through name registries:
   :mod:`.structures` adds ``layer``, ``block`` and ``head`` (units the model declares in ``structures``).
 * :mod:`.importance` — ``IMPORTANCES``: ``l1``, ``l2``, ``taylor``, ``entropy``, ``random``; ``activation``
   and ``ablation`` for coarse units.
-* :mod:`.thresholds` — ``THRESHOLDS``: ``global``, ``layerwise``, ``statistical``.
+* :mod:`.thresholds` — ``THRESHOLDS``: ``global``, ``layerwise``, ``statistical``; :mod:`.sensitivity` adds
+  ``sensitivity`` (per-layer rates from one-layer-at-a-time curves, equal loss increase per layer).
 * :mod:`.masks` — :func:`compute_masks` / :func:`apply_masks` and friends.
 * :mod:`.reconstruct` — physically smaller models and sparse exports; :mod:`.measure` — params/MACs/latency.
 
@@ -26,6 +27,7 @@ from prunesweep.pruning.masks import (
     compute_masks,
     export_state_dict,
     make_permanent,
+    make_threshold,
     masked_nonzero,
 )
 from prunesweep.pruning.measure import count_macs, count_params, latency_ms, layer_sparsity, size_bytes
@@ -37,6 +39,7 @@ from prunesweep.pruning.reconstruct import (
     rebuild_channels,
     sparse_export,
 )
+from prunesweep.pruning.sensitivity import Sensitivity, SensitivityCurves, measure_sensitivity
 from prunesweep.pruning.spec import (
     PruningConfigError,
     PruningSpec,
@@ -65,6 +68,8 @@ __all__ = [
     "MaskPlan",
     "PruningConfigError",
     "PruningSpec",
+    "Sensitivity",
+    "SensitivityCurves",
     "Threshold",
     "Unstructured",
     "apply_masks",
@@ -79,7 +84,9 @@ __all__ = [
     "layer_sparsity",
     "load_sparse_export",
     "make_permanent",
+    "make_threshold",
     "masked_nonzero",
+    "measure_sensitivity",
     "rebuild",
     "rebuild_channels",
     "rebuild_heads",

@@ -33,7 +33,7 @@ from prunesweep.pruning._util import (
 )
 from prunesweep.pruning.importance import IMPORTANCES
 from prunesweep.pruning.spec import PruningSpec, resolve_layers, validate_spec
-from prunesweep.pruning.thresholds import THRESHOLDS
+from prunesweep.pruning.thresholds import THRESHOLDS, Threshold
 from prunesweep.pruning.units import GRANULARITIES, Granularity
 
 
@@ -139,6 +139,14 @@ def _stats(score: torch.Tensor) -> tuple[float | None, float | None]:
     return float(finite.mean()), float(finite.std(unbiased=False))
 
 
+def make_threshold(spec: PruningSpec) -> Threshold:
+    """The threshold object ``spec`` names, set up for its granularity (keep-one floor for structured units).
+
+    Build it once and pass it to every :func:`compute_masks` call of a schedule when it ``needs_calibration``,
+    so it measures the model once."""
+    return THRESHOLDS[spec.threshold].from_spec(spec, structured=GRANULARITIES[spec.granularity].structured)
+
+
 def compute_masks(
     model: nn.Module,
     spec: PruningSpec,
@@ -146,12 +154,18 @@ def compute_masks(
     previous: MaskPlan | None = None,
     *,
     example_inputs: torch.Tensor | None = None,
+    threshold: Threshold | None = None,
+    threshold_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> MaskPlan:
     """Decide what to prune; touches nothing on ``model`` (see :func:`apply_masks`).
 
     ``previous`` (iterative pruning): units already pruned by it get score ``-inf`` so they stay pruned, the
     target is cumulative, and the new masks are AND-ed with the old ones. ``example_inputs`` (default
     ``zeros(1, 1, 28, 28)``) is only used to trace couplings for structured granularities.
+
+    ``threshold`` (default: built from ``spec``) lets a schedule keep one threshold object across calls; one
+    that ``needs_calibration`` (``sensitivity``) is calibrated on ``threshold_batches`` (held-out data;
+    default ``calib``) the first time, with the scores of the model as it is then.
     """
     validate_spec(spec, model)
     layers = resolve_layers(spec, model)
@@ -180,7 +194,13 @@ def compute_masks(
                 alive = granularity.units_alive(modules[layer], old).reshape(scores[layer].shape)
                 scores[layer] = scores[layer].masked_fill(~alive, float("-inf"))
 
-    threshold = THRESHOLDS[spec.threshold].from_spec(spec, structured=granularity.structured)
+    if threshold is None:
+        threshold = make_threshold(spec)
+    if threshold.needs_calibration and not threshold.calibrated:
+        batches = threshold_batches if threshold_batches is not None else calib
+        if batches is None:
+            raise ValueError(f"threshold={spec.threshold} measures the model: pass threshold_batches (held-out data)")
+        threshold.calibrate(model, {layer: scores[layer] for layer in scored}, granularity, batches)
     if spec.threshold != "global" and spec.normalize not in ("auto", "none"):
         notes.append(f"pruning.normalize={spec.normalize} only applies to threshold=global; ignored")
     if spec.threshold != "layerwise" and spec.layer_sparsity:
@@ -248,6 +268,7 @@ def compute_masks(
             target = (
                 float(spec.layer_sparsity.get(layer, spec.sparsity)) if spec.threshold == "layerwise" else spec.sparsity
             )
+            target = info.get("layer_target", target)
         reports.append(
             LayerReport(
                 layer=layer,

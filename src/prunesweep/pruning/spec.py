@@ -131,6 +131,11 @@ def validate_spec(spec: PruningSpec, model: nn.Module) -> None:
             f"pruning.threshold=statistical is not defined for pruning.granularity={spec.granularity}: it fits a "
             "distribution to each group's scores, and a group has only a handful of units; use layerwise or global"
         )
+    if granularity.coarse and spec.threshold == "sensitivity":
+        raise PruningConfigError(
+            f"pruning.threshold=sensitivity is not defined for pruning.granularity={spec.granularity}: its curves "
+            "prune a growing fraction of one layer's units, and a group has only a handful; use layerwise or global"
+        )
     if importance.granularities is not None and spec.granularity not in importance.granularities:
         others = [n for n, cls in IMPORTANCES.items() if cls.granularities is None]
         raise PruningConfigError(

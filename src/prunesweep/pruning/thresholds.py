@@ -147,6 +147,8 @@ class Threshold:
     """Base class: ``select(scores, sparsity) -> Allocation``."""
 
     name: ClassVar[str] = ""
+    #: True for methods that must measure the model (``calibrate``) before they can ``select``.
+    needs_calibration: ClassVar[bool] = False
 
     def __init__(self, min_keep: int = 0) -> None:
         self.min_keep = min_keep
@@ -154,6 +156,14 @@ class Threshold:
     @classmethod
     def from_spec(cls, spec: PruningSpec, structured: bool) -> Threshold:
         return cls(min_keep=1 if structured else 0)
+
+    @property
+    def calibrated(self) -> bool:
+        return not self.needs_calibration
+
+    def calibrate(self, model, scores, granularity, batches) -> object:
+        """Measure whatever ``select`` needs from the model; a no-op for score-only methods."""
+        return None
 
     def select(self, scores: Mapping[str, torch.Tensor], sparsity: float) -> Allocation:
         raise NotImplementedError
