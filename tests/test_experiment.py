@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -95,6 +96,29 @@ def test_second_point_reuses_the_dense_model(make_cfg, tiny_overrides, store_uri
     assert reused.data.metrics["acc/dense"] == runs["unstructured-layerwise-s0.50-seed0"].data.metrics["acc/dense"]
     assert "dense/train/loss" not in reused.data.metrics
     assert reused.data.metrics["sparsity/achieved"] == pytest.approx(0.9 * 430_500 / 431_080, abs=1e-6)
+
+
+def test_sensitivity_points_share_cached_curves_and_log_the_heatmap(make_cfg, tiny_overrides, store_uri, tmp_path):
+    """threshold=sensitivity: curves measured once per dense model on the validation split, then reused."""
+    small_val = ("data.val_size=500", "pruning.schedule=gradual", "pruning.gradual.frequency=1")
+    experiment.run(make_cfg(*tiny_overrides, *small_val, "pruning.threshold=sensitivity", "pruning.sparsity=0.9"))
+    experiment.run(make_cfg(*tiny_overrides, *small_val, "pruning.threshold=sensitivity", "pruning.sparsity=0.95"))
+    client = MlflowClient(tracking_uri=store_uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("prunesweep").experiment_id])}
+    first = runs["unstructured-sensitivity-s0.90-seed0-gradual"]
+    second = runs["unstructured-sensitivity-s0.95-seed0-gradual"]
+    assert first.data.tags["sensitivity_cached"] == "False"
+    assert second.data.tags["sensitivity_cached"] == "True"
+    # the exact total, split unevenly across layers by the curves
+    assert second.data.metrics["sparsity/achieved"] == pytest.approx(0.95 * 430_500 / 431_080, abs=1e-5)
+    rates = {layer: second.data.metrics[f"sparsity/{layer}"] for layer in ("conv1", "conv2", "fc1", "fc2")}
+    assert max(rates.values()) - min(rates.values()) > 0.01
+    curves_first = pd.read_csv(_download(client, first.info.run_id, "sensitivity.csv", tmp_path / "a"))
+    curves_second = pd.read_csv(_download(client, second.info.run_id, "sensitivity.csv", tmp_path / "b"))
+    pd.testing.assert_frame_equal(curves_first, curves_second)
+    assert set(curves_first["layer"]) == {"conv1", "conv2", "fc1", "fc2"}
+    assert (curves_first.loc[curves_first["sparsity"] == 0, "loss_increase"] == 0).all()
+    assert _download(client, second.info.run_id, "figures/sensitivity.png", tmp_path / "c").stat().st_size > 10_000
 
 
 def test_channel_point_is_physically_smaller(make_cfg, tiny_overrides, store_uri):

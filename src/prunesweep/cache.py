@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
@@ -54,6 +56,37 @@ def dense_or_train(
         return True
     finally:
         lock.release()
+
+
+def json_or_compute(
+    cache_dir: str | Path,
+    key: str,
+    compute: Callable[[], dict[str, Any]],
+    log: Callable[[str], None] = print,
+    what: str = "result",
+) -> tuple[dict[str, Any], bool]:
+    """The cached JSON object for ``key``, or ``compute()`` cached now; ``(object, computed)``.
+
+    Same guarantees as :func:`dense_or_train`: one computation under a file lock, atomic writes, SHA-256
+    checked reads (a bad file is recomputed and replaced).
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{key}.json"
+    with FileLock(str(path) + ".lock"):
+        try:
+            payload = path.read_bytes()
+            if hashlib.sha256(payload).hexdigest() == _sidecar(path).read_text().strip():
+                log(f"{what} {key}: loaded from {path}")
+                return json.loads(payload), False
+            log(f"{what} {key}: cached file {path} failed its checksum; recomputing")
+        except OSError:
+            pass
+        value = compute()
+        payload = json.dumps(value).encode()
+        _atomic_write(path, payload)
+        _atomic_write(_sidecar(path), hashlib.sha256(payload).hexdigest().encode())
+        return value, True
 
 
 def save_verified(state: dict[str, torch.Tensor], path: Path) -> None:

@@ -172,6 +172,18 @@ def dense_key(cfg: DictConfig) -> str:
     )
 
 
+def sensitivity_key(cfg: DictConfig) -> str:
+    """Identity of a model's sensitivity curves: the dense model plus what scores and groups its units."""
+    p = plain(cfg)["pruning"]
+    return "sensitivity-" + _digest(
+        {
+            "dense": dense_key(cfg),
+            "val_size": cfg.data.val_size,
+            **{k: p.get(k) for k in ("granularity", "importance", "layers", "calib_batches")},
+        }
+    )
+
+
 def flatten(obj: Mapping[str, Any] | Iterable[Any], prefix: str = "") -> dict[str, str]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; the form MLflow params take.
 

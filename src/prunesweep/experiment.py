@@ -23,11 +23,21 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from prunesweep import cache, plots
-from prunesweep.config import check_writable, config_hash, dense_key, flatten, plain, pruning_spec, validate
+from prunesweep.config import (
+    check_writable,
+    config_hash,
+    dense_key,
+    flatten,
+    plain,
+    pruning_spec,
+    sensitivity_key,
+    validate,
+)
 from prunesweep.lit import Classifier, evaluate
 from prunesweep.pruning import (
     MaskPlan,
     PruningSpec,
+    SensitivityCurves,
     apply_masks,
     architecture,
     compute_masks,
@@ -35,6 +45,7 @@ from prunesweep.pruning import (
     count_params,
     export_state_dict,
     latency_ms,
+    make_threshold,
     masked_nonzero,
     rebuild,
     size_bytes,
@@ -43,6 +54,7 @@ from prunesweep.pruning import (
 from prunesweep.pruning.callback import PruningCallback
 from prunesweep.pruning.importance import IMPORTANCES
 from prunesweep.pruning.schedule import GradualSchedule, iterative_targets
+from prunesweep.pruning.thresholds import Threshold
 from prunesweep.tracking import PointRun, open_store, run_name
 from prunesweep.tracking.lightning import EpochMetrics
 
@@ -140,8 +152,24 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
             )
         calib = datamodule.calibration_batches(min(spec.calib_batches, available))
 
+    # A threshold that measures the model (sensitivity) does so once, on held-out data, and is reused by
+    # every step of a schedule; the others are rebuilt from the spec at each step.
+    threshold: Threshold | None = make_threshold(spec)
+    held_out = list(datamodule.val_dataloader())
+    if threshold is not None and threshold.needs_calibration:
+        _calibrate(cfg, spec, model, threshold, calib, held_out, point)
+    else:
+        threshold = None
+
     def prune_to(target: float, previous: MaskPlan | None) -> MaskPlan:
-        plan = compute_masks(model, dataclasses.replace(spec, sparsity=target), calib, previous=previous)
+        plan = compute_masks(
+            model,
+            dataclasses.replace(spec, sparsity=target),
+            calib,
+            previous=previous,
+            threshold=threshold,
+            threshold_batches=held_out,
+        )
         apply_masks(model, plan)
         return plan
 
@@ -213,8 +241,35 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     metrics.update({f"acc/{k}": v for k, v in acc.items()})
     point.log_metrics(metrics)
     _log_artifacts(point, cfg, acc, layers, dense, model)
+    curves = getattr(threshold, "curves", None)
+    if curves is not None:
+        _log_sensitivity(point, pd.DataFrame(curves.rows()), plan)
     _print_summary(acc, layers, metrics, plan)
     return metrics
+
+
+def _calibrate(
+    cfg: DictConfig,
+    spec: PruningSpec,
+    model: nn.Module,
+    threshold: Threshold,
+    calib: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    held_out: list[tuple[torch.Tensor, torch.Tensor]],
+    point: PointRun,
+) -> None:
+    """Sensitivity curves of the dense model on the validation split, measured once per dense model and
+    pruning setup and cached beside it (every target of a sweep shares them)."""
+
+    def measure() -> dict[str, Any]:
+        compute_masks(model, spec, calib, threshold=threshold, threshold_batches=held_out)
+        return dataclasses.asdict(threshold.curves)
+
+    curves, measured = cache.json_or_compute(
+        cfg.paths.dense_cache, sensitivity_key(cfg), measure, log=log.info, what="sensitivity curves"
+    )
+    if not measured:
+        threshold.curves = SensitivityCurves(**{**curves, "sparsities": tuple(curves["sparsities"])})
+    point.set_tags({"sensitivity_cached": not measured})
 
 
 def _fit(
@@ -370,6 +425,15 @@ def _log_artifacts(
     buffer = io.BytesIO()
     torch.save(export_state_dict(model), buffer)
     point.log_bytes(buffer.getvalue(), "model/pruned_state_dict.pt")
+
+
+def _log_sensitivity(point: PointRun, curves: pd.DataFrame, plan: MaskPlan) -> None:
+    """The sensitivity curves the allocation used: a CSV and a layer × sparsity accuracy heatmap."""
+    point.log_csv(curves, "sensitivity.csv")
+    allocated = {row.layer: row.unit_sparsity for row in plan.layers if row.units_total}
+    fig = plots.sensitivity_heatmap(curves, allocated)
+    point.log_figure(fig, "figures/sensitivity.png")
+    plt.close(fig)
 
 
 def _print_summary(

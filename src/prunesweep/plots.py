@@ -45,6 +45,33 @@ def parameter_counts(layers: pd.DataFrame) -> Figure:
     return fig
 
 
+def sensitivity_heatmap(curves: pd.DataFrame, allocated: Mapping[str, float] | None = None) -> Figure:
+    """Layers × sparsity, coloured by accuracy with only that layer pruned (rows of ``SensitivityCurves.rows``).
+
+    ``allocated`` (layer -> sparsity the allocation chose) is marked with a white outline in each row.
+    """
+    table = curves.pivot(index="layer", columns="sparsity", values="accuracy")
+    table = table.reindex(list(dict.fromkeys(curves["layer"])))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * table.shape[1], 0.9 + 0.5 * table.shape[0]))
+    image = ax.imshow(table.to_numpy(), aspect="auto", cmap="viridis", vmin=max(0.0, float(table.min().min())), vmax=1)
+    ax.set_xticks(range(table.shape[1]), [f"{100 * s:g}" for s in table.columns], rotation=90)
+    ax.set_yticks(range(table.shape[0]), table.index)
+    for i, row in enumerate(table.to_numpy()):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{100 * value:.1f}", ha="center", va="center", fontsize=6, color="w" if value < 0.9 else "k")
+    if allocated:
+        columns = np.asarray(table.columns, dtype=float)
+        for i, layer in enumerate(table.index):
+            if layer in allocated:
+                j = int(np.abs(columns - allocated[layer]).argmin())
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="w", linewidth=2))
+    ax.set_xlabel("sparsity of this layer alone, % (others dense)")
+    ax.set_title("Sensitivity: held-out accuracy with one layer pruned")
+    fig.colorbar(image, ax=ax, label="accuracy")
+    fig.tight_layout()
+    return fig
+
+
 def weights_before_after(before: torch.Tensor, after: torch.Tensor, layer: str, columns: int = 100) -> Figure:
     """The seed's weight picture: the first ``columns`` columns of a layer, with pruned zeros in white."""
     b = before.detach().reshape(before.shape[0], -1)[:, :columns].numpy()
