@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from prunesweep.report import find_parent, load_points, log_sweep_report, main, summarize
+from prunesweep.report import aggregate, find_parent, load_points, log_sweep_report, main, summarize
 
 DENSE = 0.99
 # (granularity, threshold, target, achieved, acc_finetuned, seed)
@@ -135,3 +135,40 @@ def test_series_split_by_what_the_sweep_varies(store_uri):
     metrics = client.get_run(parent.info.run_id).data.metrics
     assert metrics["curve/unstructured/global/l1/acc_finetuned"] == pytest.approx(0.99)
     assert metrics["curve/unstructured/global/taylor/acc_finetuned"] == pytest.approx(0.95)
+
+
+def test_by_target_table_pairs_each_seed_with_its_own_dense(store_uri, tmp_path: Path):
+    """The results table: mean over seeds, drop paired per seed, speedup and per-layer sparsity carried."""
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = client.create_experiment("prunesweep")
+    parent = client.create_run(experiment_id, tags={"prunesweep_role": "parent", "sweep_id": "sweep-seeds"})
+    # (seed, dense, finetuned, fc1 sparsity, pruned latency)
+    for seed, dense, acc, fc1, latency in ((0, 0.9930, 0.9925, 0.99, 2.0), (1, 0.9910, 0.9900, 0.98, 4.0)):
+        tags = {"granularity": "unstructured", "threshold": "sensitivity", "sparsity_target": "0.99", "seed": str(seed)}
+        run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent.info.run_id, **tags})
+        for key, value in {
+            "acc/dense": dense,
+            "acc/pruned": 0.5,
+            "acc/finetuned": acc,
+            "sparsity/achieved": 0.985,
+            "sparsity/target": 0.99,
+            "sparsity/fc1": fc1,
+            "latency/dense_ms": 8.0,
+            "latency/pruned_ms": latency,
+        }.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    log_sweep_report(client, experiment_id, parent.info.run_id, out_dir=tmp_path)
+    table = aggregate(load_points(client, experiment_id, parent.info.run_id))
+    row = table.iloc[0]
+    assert len(table) == 1 and row["seeds"] == 2
+    assert row["drop"] == pytest.approx((0.05 + 0.10) / 2)  # points, each seed against its own dense
+    assert row["drop_std"] == pytest.approx(pd.Series([0.05, 0.10]).std())
+    assert row["error"] == pytest.approx(100 * (1 - 0.99125))
+    assert row["compression"] == pytest.approx(1 / 0.015)
+    assert row["speedup"] == pytest.approx((4.0 + 2.0) / 2)
+    assert row["layer_sparsity/fc1"] == pytest.approx(0.985)
+    assert "layer_sparsity/target" not in table  # the target is not a layer
+    written = pd.read_csv(tmp_path / "by_target.csv")
+    assert written["drop"].item() == pytest.approx(row["drop"])
+    assert "report/by_target.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}

@@ -5,8 +5,9 @@
     prunesweep-report --out figures/          # also write the figures and the table to a folder
 
 The same function runs at the end of every multirun and logs to the parent run: the figures, the
-points table (CSV and an MLflow table), ``curve/<granularity>/<threshold>/acc_finetuned`` metrics with
-step = round(1000 × target sparsity), and summary metrics per series. Running it again overwrites them.
+points table (CSV and an MLflow table), the mean-over-seeds table per target (``report/by_target.csv``),
+``curve/<granularity>/<threshold>/acc_finetuned`` metrics with step = round(1000 × target sparsity), and
+summary metrics per series. Running it again overwrites them.
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
             row.update({col: run.data.tags.get(tag) for tag, col in ((t, t) for t in TAG_COLUMNS)})
             row["sparsity_target"] = float(run.data.tags.get("sparsity_target", "nan"))
             row.update({col: run.data.metrics.get(key, np.nan) for key, col in METRIC_COLUMNS.items()})
+            # per-layer sparsity (sparsity/<layer>): the allocation each method chose
+            row.update(
+                {
+                    f"layer_sparsity/{key.removeprefix('sparsity/')}": value
+                    for key, value in run.data.metrics.items()
+                    if key.startswith("sparsity/") and key not in METRIC_COLUMNS and key != "sparsity/target"
+                }
+            )
             row["error"] = run.data.tags.get("error", "")
             rows.append(row)
         token = page.token
@@ -76,13 +85,15 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
         *METRIC_COLUMNS.values(),
         "error",
     ]
-    frame = pd.DataFrame(rows, columns=columns)
+    layer_columns = sorted({c for row in rows for c in row if c.startswith("layer_sparsity/")})
+    frame = pd.DataFrame(rows, columns=[*columns, *layer_columns])
     if len(frame):
         frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce")
         frame["flops_ratio"] = frame["flops_dense"] / frame["flops_remaining"]
         frame["compression"] = 1.0 / (1.0 - frame["sparsity_achieved"])
+        frame["speedup"] = frame["latency_dense_ms"] / frame["latency_pruned_ms"]
     else:
-        frame["flops_ratio"] = frame["compression"] = []
+        frame["flops_ratio"] = frame["compression"] = frame["speedup"] = []
     return frame.sort_values([*SERIES, "sparsity_target", "seed"]).reset_index(drop=True)
 
 
@@ -127,6 +138,34 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def aggregate(points: pd.DataFrame) -> pd.DataFrame:
+    """One row per series and target sparsity, averaged over seeds: the numbers a results table quotes.
+
+    ``drop`` is dense minus fine-tuned accuracy in percentage points, paired per seed (each run against its
+    own dense model) before averaging; ``*_std`` are standard deviations over seeds (0 for one seed).
+    """
+    finished = points[points["status"] == "FINISHED"].copy()
+    if not len(finished):
+        return pd.DataFrame()
+    columns = [*series_columns(finished), "sparsity_target"]
+    finished["drop"] = 100 * (finished["acc_dense"] - finished["acc_finetuned"])
+    finished["error"] = 100 * (1 - finished["acc_finetuned"])
+    layer_columns = [c for c in finished if c.startswith("layer_sparsity/")]
+    rows = []
+    for key, group in finished.groupby(columns):
+        row = dict(zip(columns, key, strict=True))
+        row["seeds"] = int(group["seed"].nunique())
+        row["sparsity_achieved"] = float(group["sparsity_achieved"].mean())
+        row["compression"] = 1.0 / (1.0 - row["sparsity_achieved"])
+        for name in ("flops_ratio", "speedup", "acc_dense", "acc_finetuned", "drop", "error"):
+            row[name] = float(group[name].mean())
+        for name in ("acc_finetuned", "drop"):
+            row[f"{name}_std"] = float(group[name].std(ddof=1)) if len(group) > 1 else 0.0
+        row.update({c: float(group[c].mean()) for c in layer_columns if group[c].notna().any()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def log_sweep_report(
     client: MlflowClient, experiment_id: str, parent_run_id: str, out_dir: str | Path | None = None
 ) -> str:
@@ -142,6 +181,8 @@ def log_sweep_report(
         return summary
     table = summarize(points)
     client.log_text(parent_run_id, table.to_csv(index=False), "report/summary.csv")
+    by_target = aggregate(points)
+    client.log_text(parent_run_id, by_target.to_csv(index=False), "report/by_target.csv")
 
     figures = {"acc_vs_sparsity.png": _figure(finished, "compression", "compression: parameters dense / remaining")}
     if finished["flops_ratio"].notna().any():
@@ -155,6 +196,7 @@ def log_sweep_report(
     if out_dir is not None:
         points.to_csv(Path(out_dir) / "points.csv", index=False)
         table.to_csv(Path(out_dir) / "summary.csv", index=False)
+        by_target.to_csv(Path(out_dir) / "by_target.csv", index=False)
 
     metrics = []
     now = int(time.time() * 1000)
@@ -239,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if len(table):
             print()
             print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            by_target = aggregate(points)
+            shown = [c for c in by_target if not c.startswith("layer_sparsity/") and c != "acc_dense"]
+            print("\nmean over seeds (drop and error in accuracy points):")
+            print(by_target[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"\n{summary}; report logged to parent run {parent}", file=sys.stderr)
 
 
