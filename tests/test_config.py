@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from prunesweep.cli import CONF_DIR, SWEEPS_DIR
-from prunesweep.config import ConfigError, config_hash, dense_key, flatten, pruning_spec, validate
+from prunesweep.config import ConfigError, config_hash, dense_key, flatten, plain, pruning_spec, validate
 
 GROUP_OPTIONS = [
     (group.name, option.stem)
     for group in sorted(CONF_DIR.iterdir())
-    if group.is_dir() and group.name not in ("hydra", "experiment", "model_unit")
+    if group.is_dir() and group.name not in ("hydra", "experiment", "model_unit", "frontier")
     for option in sorted(group.glob("*.yaml"))
 ]
 
@@ -41,6 +41,32 @@ def test_every_sweep_is_a_multirun(make_cfg, sweep):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert cfg.hydra.sweeper.params, "a sweep must sweep something"
     validate(cfg)
+
+
+@pytest.mark.parametrize("point", sorted(p.stem for p in (CONF_DIR / "frontier").glob("*.yaml")))
+def test_every_frontier_point_delivers_the_compression_its_name_states(make_cfg, point):
+    """``..._100x`` must mean 100x of *all* LeNet-5 parameters, though biases (580 of 431,080) are never pruned."""
+    cfg = make_cfg("+sweep=frontier", f"+frontier={point}")
+    validate(cfg)
+    assert (cfg.pruning.schedule, cfg.train.epochs, cfg.finetune.epochs) == ("gradual", 12, 16)
+    granularity, threshold, level = point.split("_")
+    assert (cfg.pruning.granularity, cfg.pruning.threshold) == (granularity, threshold)
+    if level.endswith("x"):
+        compression = 1 / (1 - round(cfg.pruning.sparsity * 430_500) / 431_080)
+        assert int(level[:-1]) <= compression < 1.02 * int(level[:-1])  # at least, and within 2 %
+    else:
+        assert cfg.pruning.sparsity == int(level) / 100
+
+
+def test_reduced_frontier_is_a_subset_of_the_frontier(make_cfg):
+    full = make_cfg("+sweep=frontier", hydra_cfg=True)
+    reduced = make_cfg("+sweep=frontier_reduced", hydra_cfg=True)
+    points = str(reduced.hydra.sweeper.params["+frontier"]).split(",")
+    assert len(points) == 5 and all((CONF_DIR / "frontier" / f"{p}.yaml").exists() for p in points)
+    assert str(full.hydra.sweeper.params["+frontier"]) == "glob(*)"
+    assert len(str(reduced.hydra.sweeper.params.seed).split(",")) >= 3
+    full, reduced = plain(make_cfg("+sweep=frontier")), plain(make_cfg("+sweep=frontier_reduced"))
+    assert all(reduced[group] == full[group] for group in ("train", "finetune", "pruning"))
 
 
 def test_seed_experiment_matches_the_article(make_cfg):
