@@ -152,14 +152,12 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
             )
         calib = datamodule.calibration_batches(min(spec.calib_batches, available))
 
-    # A threshold that measures the model (sensitivity) does so once, on held-out data, and is reused by
-    # every step of a schedule; the others are rebuilt from the spec at each step.
-    threshold: Threshold | None = make_threshold(spec)
+    # One threshold object for every step of a schedule: one that measures the model (sensitivity) does so
+    # once, on the validation split, before any weight is pruned.
+    threshold = make_threshold(spec)
     held_out = list(datamodule.val_dataloader())
-    if threshold is not None and threshold.needs_calibration:
+    if threshold.needs_calibration:
         _calibrate(cfg, spec, model, threshold, calib, held_out, point)
-    else:
-        threshold = None
 
     def prune_to(target: float, previous: MaskPlan | None) -> MaskPlan:
         plan = compute_masks(

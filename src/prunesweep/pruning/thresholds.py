@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -26,7 +26,10 @@ import torch
 from prunesweep.pruning._util import registrar
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from prunesweep.pruning.spec import PruningSpec
+    from prunesweep.pruning.units import Granularity
 
 
 # --------------------------------------------------------------------------------------------- normalisers
@@ -161,7 +164,13 @@ class Threshold:
     def calibrated(self) -> bool:
         return not self.needs_calibration
 
-    def calibrate(self, model, scores, granularity, batches) -> object:
+    def calibrate(
+        self,
+        model: nn.Module,
+        scores: Mapping[str, torch.Tensor],
+        granularity: Granularity,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    ) -> object:
         """Measure whatever ``select`` needs from the model; a no-op for score-only methods."""
         return None
 
