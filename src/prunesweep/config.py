@@ -173,15 +173,22 @@ def dense_key(cfg: DictConfig) -> str:
 
 
 def sensitivity_key(cfg: DictConfig) -> str:
-    """Identity of a model's sensitivity curves: the dense model plus what scores and groups its units."""
+    """Identity of a model's sensitivity curves: the dense model (its key covers the validation split they
+    are measured on), what scores and groups its units, and the measuring grid."""
+    from prunesweep.pruning.importance import IMPORTANCES  # local: keeps config importable without torch work
+    from prunesweep.pruning.sensitivity import DEFAULT_GRID
+
     p = plain(cfg)["pruning"]
-    return "sensitivity-" + _digest(
-        {
-            "dense": dense_key(cfg),
-            "val_size": cfg.data.val_size,
-            **{k: p.get(k) for k in ("granularity", "importance", "layers", "calib_batches")},
-        }
-    )
+    layers = p.get("layers")
+    scoring = {
+        "granularity": p.get("granularity"),
+        "importance": p.get("importance"),
+        "layers": sorted(layers) if layers else None,
+        "seed": cfg.seed,  # random importance
+    }
+    if IMPORTANCES[str(p.get("importance"))].requires_calibration:
+        scoring["calib_batches"] = p.get("calib_batches")
+    return "sensitivity-" + _digest({"dense": dense_key(cfg), "grid": list(DEFAULT_GRID), **scoring})
 
 
 def flatten(obj: Mapping[str, Any] | Iterable[Any], prefix: str = "") -> dict[str, str]:

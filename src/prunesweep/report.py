@@ -59,7 +59,12 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
             page_token=token,
         )
         for run in page:
-            row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status}
+            row = {
+                "run_id": run.info.run_id,
+                "run_name": run.info.run_name,
+                "status": run.info.status,
+                "start_time": run.info.start_time,
+            }
             row.update({col: run.data.tags.get(tag) for tag, col in ((t, t) for t in TAG_COLUMNS)})
             row["sparsity_target"] = float(run.data.tags.get("sparsity_target", "nan"))
             row.update({col: run.data.metrics.get(key, np.nan) for key, col in METRIC_COLUMNS.items()})
@@ -80,6 +85,7 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
         "run_id",
         "run_name",
         "status",
+        "start_time",
         *TAG_COLUMNS,
         "sparsity_target",
         *METRIC_COLUMNS.values(),
@@ -141,15 +147,20 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
 def aggregate(points: pd.DataFrame) -> pd.DataFrame:
     """One row per series and target sparsity, averaged over seeds: the numbers a results table quotes.
 
-    ``drop`` is dense minus fine-tuned accuracy in percentage points, paired per seed (each run against its
-    own dense model) before averaging; ``*_std`` are standard deviations over seeds (0 for one seed).
+    Accuracies are fractions; ``drop`` (dense minus fine-tuned accuracy, paired per seed: each run against its
+    own dense model) and ``error_pct`` (top-1 test error) are in percentage points. ``*_std`` are standard
+    deviations over seeds (NaN with one seed: no estimate). A seed with several finished runs of the same
+    point (a rerun) counts once, with its latest run.
     """
     finished = points[points["status"] == "FINISHED"].copy()
     if not len(finished):
         return pd.DataFrame()
     columns = [*series_columns(finished), "sparsity_target"]
+    if "start_time" in finished:
+        finished = finished.sort_values("start_time", kind="stable")
+    finished = finished.drop_duplicates([*columns, "seed"], keep="last")
     finished["drop"] = 100 * (finished["acc_dense"] - finished["acc_finetuned"])
-    finished["error"] = 100 * (1 - finished["acc_finetuned"])
+    finished["error_pct"] = 100 * (1 - finished["acc_finetuned"])
     layer_columns = [c for c in finished if c.startswith("layer_sparsity/")]
     rows = []
     for key, group in finished.groupby(columns):
@@ -157,10 +168,10 @@ def aggregate(points: pd.DataFrame) -> pd.DataFrame:
         row["seeds"] = int(group["seed"].nunique())
         row["sparsity_achieved"] = float(group["sparsity_achieved"].mean())
         row["compression"] = 1.0 / (1.0 - row["sparsity_achieved"])
-        for name in ("flops_ratio", "speedup", "acc_dense", "acc_finetuned", "drop", "error"):
+        for name in ("flops_ratio", "speedup", "acc_dense", "acc_finetuned", "drop", "error_pct"):
             row[name] = float(group[name].mean())
         for name in ("acc_finetuned", "drop"):
-            row[f"{name}_std"] = float(group[name].std(ddof=1)) if len(group) > 1 else 0.0
+            row[f"{name}_std"] = float(group[name].std(ddof=1)) if len(group) > 1 else float("nan")
         row.update({c: float(group[c].mean()) for c in layer_columns if group[c].notna().any()})
         rows.append(row)
     return pd.DataFrame(rows)

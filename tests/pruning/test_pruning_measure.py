@@ -108,7 +108,8 @@ def test_sparse_export_of_dense_model_is_larger() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["spec", "units", "structures", "importance", "thresholds", "masks", "measure", "reconstruct"]
+    "module",
+    ["spec", "units", "structures", "importance", "thresholds", "sensitivity", "masks", "measure", "reconstruct"],
 )
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(f"prunesweep.pruning.{module}"))

@@ -163,9 +163,10 @@ def compute_masks(
     target is cumulative, and the new masks are AND-ed with the old ones. ``example_inputs`` (default
     ``zeros(1, 1, 28, 28)``) is only used to trace couplings for structured granularities.
 
-    ``threshold`` (default: built from ``spec``) lets a schedule keep one threshold object across calls; one
-    that ``needs_calibration`` (``sensitivity``) is calibrated on ``threshold_batches`` (held-out data;
-    default ``calib``) the first time, with the scores of the model as it is then.
+    ``threshold`` (default: a fresh one built from ``spec``) lets a schedule keep one threshold object across
+    calls; one that ``needs_calibration`` (``sensitivity``) is calibrated on ``threshold_batches`` the first
+    time, with the scores of the model as it is then. Pass held-out data there: without it the ``calib``
+    (training) batches are used.
     """
     validate_spec(spec, model)
     layers = resolve_layers(spec, model)

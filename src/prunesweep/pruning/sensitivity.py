@@ -158,6 +158,7 @@ def measure_sensitivity(
     """Prune one layer at a time (lowest ``scores`` first) to each sparsity and measure loss and accuracy.
 
     The model is restored exactly afterwards (weights and train/eval mode); ``granularity`` must be bound.
+    With ``min_keep`` (channels keep one), the top of the grid measures ``n - min_keep`` units removed.
     """
     grid = tuple(sorted({0.0, *(float(s) for s in sparsities)}))
     batches = list(batches)
@@ -182,7 +183,7 @@ def measure_sensitivity(
                 try:
                     result = _loss_and_accuracy(model, batches)
                 finally:
-                    for tensor, value in saved:
+                    for tensor, value in reversed(saved):  # reversed: a tensor saved twice ends as it began
                         tensor.copy_(value)
                 loss[layer].append(result[0])
                 accuracy[layer].append(result[1])
@@ -196,7 +197,11 @@ class Sensitivity(Threshold):
     """Per-layer counts from :meth:`SensitivityCurves.allocate` (equal loss increase), lowest scores first.
 
     The curves are measured once, by :meth:`calibrate` on held-out batches (``compute_masks`` does it on the
-    first call), and reused for every later target of an iterative or gradual schedule.
+    first call it gets this object), and reused for every later target of an iterative or gradual schedule
+    *when the caller passes the same object* (see :func:`.masks.make_threshold`); a fresh one would
+    re-measure the partly pruned model. Per-layer counts come from rounding, so in a schedule a layer can be
+    offered one unit fewer than it already lost; its pruned units stay pruned and the total overshoots by
+    at most one unit per layer.
     """
 
     needs_calibration = True
@@ -219,16 +224,19 @@ class Sensitivity(Threshold):
         self.curves = measure_sensitivity(model, scores, granularity, batches, min_keep=self.min_keep)
         return self.curves
 
-    def promised(self, sizes, sparsity):
+    def promised(self, sizes: Mapping[str, int], sparsity: float) -> dict[tuple[str, ...], int]:
         total = sum(sizes.values())
         return {tuple(sizes): min(round(sparsity * total), total - self.min_keep * len(sizes))}
 
-    def select(self, scores, sparsity):
+    def select(self, scores: Mapping[str, torch.Tensor], sparsity: float) -> Allocation:
         if self.curves is None:
             raise RuntimeError("threshold=sensitivity needs calibrate() (sensitivity curves) before select()")
-        missing = set(scores) - set(self.curves.sizes)
-        if missing:
-            raise ValueError(f"no sensitivity curve for {sorted(missing)}; calibrate on the same layers")
+        sizes = {n: s.numel() for n, s in scores.items()}
+        if sizes != self.curves.sizes:
+            raise ValueError(
+                f"the sensitivity curves cover {self.curves.sizes} (layer: units) but the scores {sizes}: "
+                "calibrate on the layers being pruned (a stale cached curve file is safe to delete)"
+            )
         counts = self.curves.allocate(sparsity, self.min_keep)
         per_layer = {n: counts[n] / scores[n].numel() for n in scores}
         alloc: Allocation = Layerwise(layer_sparsity=per_layer, min_keep=self.min_keep).select(scores, sparsity)

@@ -29,9 +29,12 @@ def run_name(granularity: str, threshold: str, sparsity: float, seed: int, **ext
     'channel-global-s0.90-seed0'
     >>> run_name("unstructured", "layerwise", 0.5, 1, model="lenet300", importance="taylor")
     'unstructured-layerwise-s0.50-seed1-lenet300-taylor'
+    >>> run_name("unstructured", "global", 0.9964, 0)  # finer targets keep their digits (not "s1.00")
+    'unstructured-global-s0.9964-seed0'
     """
     defaults = {"model": "lenet5", "importance": "l1", "schedule": "oneshot"}
-    name = f"{granularity}-{threshold}-s{sparsity:.2f}-seed{seed}"
+    level = f"{sparsity:.2f}" if round(sparsity, 2) == sparsity else f"{sparsity:.6f}".rstrip("0")
+    name = f"{granularity}-{threshold}-s{level}-seed{seed}"
     for key in ("model", "importance", "schedule"):
         value = extra.get(key)
         if value and value != defaults[key]:
