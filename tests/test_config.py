@@ -51,9 +51,13 @@ def test_every_frontier_point_delivers_the_compression_its_name_states(make_cfg,
     assert (cfg.pruning.schedule, cfg.train.epochs, cfg.finetune.epochs) == ("gradual", 12, 16)
     granularity, threshold, level = point.split("_")
     assert (cfg.pruning.granularity, cfg.pruning.threshold) == (granularity, threshold)
-    if level.endswith("x") and threshold != "statistical":  # statistical does not promise its target
+    if level.endswith("x"):
+        stated = int(level[:-1])
         compression = 1 / (1 - round(cfg.pruning.sparsity * 430_500) / 431_080)
-        assert int(level[:-1]) <= compression < 1.02 * int(level[:-1])  # at least, and within 2 %
+        if threshold == "statistical":  # no exact promise and the fit falls short, so it must ask for more
+            assert compression > stated
+        else:
+            assert stated <= compression < 1.02 * stated  # at least, and within 2 %
     else:
         assert cfg.pruning.sparsity == int(level) / 100
 
