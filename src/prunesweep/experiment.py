@@ -155,18 +155,12 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     # One threshold object for every step of a schedule: one that measures the model (sensitivity) does so
     # once, on the validation split, before any weight is pruned.
     threshold = make_threshold(spec)
-    held_out = list(datamodule.val_dataloader())
     if threshold.needs_calibration:
-        _calibrate(cfg, spec, model, threshold, calib, held_out, point)
+        _calibrate(cfg, spec, model, threshold, calib, list(datamodule.val_dataloader()), point)
 
     def prune_to(target: float, previous: MaskPlan | None) -> MaskPlan:
         plan = compute_masks(
-            model,
-            dataclasses.replace(spec, sparsity=target),
-            calib,
-            previous=previous,
-            threshold=threshold,
-            threshold_batches=held_out,
+            model, dataclasses.replace(spec, sparsity=target), calib, previous=previous, threshold=threshold
         )
         apply_masks(model, plan)
         return plan
