@@ -74,18 +74,14 @@ def json_or_compute(
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.json"
     with FileLock(str(path) + ".lock"):
-        try:
-            payload = path.read_bytes()
-            if hashlib.sha256(payload).hexdigest() == _sidecar(path).read_text().strip():
+        if path.exists():
+            payload = _read_verified(path)
+            if payload is not None:
                 log(f"{what} {key}: loaded from {path}")
                 return json.loads(payload), False
             log(f"{what} {key}: cached file {path} failed its checksum; recomputing")
-        except OSError:
-            pass
         value = compute()
-        payload = json.dumps(value).encode()
-        _atomic_write(path, payload)
-        _atomic_write(_sidecar(path), hashlib.sha256(payload).hexdigest().encode())
+        _write_verified(path, json.dumps(value).encode())
         return value, True
 
 
@@ -93,21 +89,30 @@ def save_verified(state: dict[str, torch.Tensor], path: Path) -> None:
     """Write ``state`` and a ``.sha256`` sidecar, each atomically (temp file + rename)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    payload = buffer.getvalue()
-    _atomic_write(path, payload)
-    _atomic_write(_sidecar(path), hashlib.sha256(payload).hexdigest().encode())
+    _write_verified(path, buffer.getvalue())
 
 
 def load_verified(path: Path) -> dict[str, torch.Tensor] | None:
     """The state dict at ``path`` if its SHA-256 matches the sidecar, else None."""
+    payload = _read_verified(path)
+    if payload is None:
+        return None
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+
+
+def _write_verified(path: Path, payload: bytes) -> None:
+    _atomic_write(path, payload)
+    _atomic_write(_sidecar(path), hashlib.sha256(payload).hexdigest().encode())
+
+
+def _read_verified(path: Path) -> bytes | None:
+    """The bytes at ``path`` if they match their ``.sha256`` sidecar; None if either is missing or they differ."""
     try:
         payload = path.read_bytes()
         expected = _sidecar(path).read_text().strip()
     except OSError:
         return None
-    if hashlib.sha256(payload).hexdigest() != expected:
-        return None
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    return payload if hashlib.sha256(payload).hexdigest() == expected else None
 
 
 def _sidecar(path: Path) -> Path:
