@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from prunesweep.lit import LR_SCHEDULES
 from prunesweep.models import MODELS, build_model
 from prunesweep.pruning import PruningConfigError, PruningSpec, validate_spec
+from prunesweep.storage import ensure_writable
 
 DATASETS = ("mnist", "fashion_mnist")
 OPTIMIZERS = ("sgd", "adam")
@@ -110,12 +111,8 @@ def validate(cfg: DictConfig) -> None:
 
 def check_writable(path: str | Path, key: str) -> None:
     """Create ``path`` and write a probe file: a read-only or full disk fails now, not after training."""
-    folder = Path(path).expanduser()
-    probe = folder / ".prunesweep-write-probe"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"probe")
-        probe.unlink()
+        ensure_writable(path)
     except OSError as err:
         raise ConfigError(f"{key}={str(path)!r} is not a writable folder: {err.strerror or err}") from None
 

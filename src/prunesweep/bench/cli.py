@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from prunesweep.bench.common import ForeignCPU, Result, format_table, host_tags, timed
 from prunesweep.cli import CONF_DIR, register_sweeps
 from prunesweep.data import InMemoryLoader
+from prunesweep.storage import sqlite_path
 from prunesweep.tracking import PointRun, open_store
 
 SECTIONS = ("train", "data", "prune", "channel", "unstructured", "sweep", "e2e")
@@ -96,9 +97,8 @@ def point_config(*overrides: str) -> DictConfig:
 
 def artifact_root(uri: str) -> str | None:
     """Artifacts next to a SQLite store (like the sweeps' ``outputs/mlartifacts``); a server keeps its own."""
-    if uri.startswith("sqlite:///"):
-        return str(Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).expanduser().parent / "mlartifacts")
-    return None
+    db = sqlite_path(uri)
+    return str(db.parent / "mlartifacts") if db is not None else None
 
 
 def _say(message: str) -> None:

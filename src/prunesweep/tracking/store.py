@@ -17,6 +17,8 @@ from filelock import FileLock
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from prunesweep.storage import ensure_writable, sqlite_path
+
 log = logging.getLogger(__name__)
 
 
@@ -47,21 +49,14 @@ class Store:
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail at start, not after an hour of training, when the store cannot be reached."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).expanduser()
-        folder = db.parent if str(db.parent) else Path(".")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TrackingError(f"tracking.uri={uri!r}: cannot create folder {folder}: {err}") from None
+    db = sqlite_path(uri)
+    if db is not None:
         if db.exists() and not db.is_file():
             raise TrackingError(f"tracking.uri={uri!r}: {db} exists and is not a file")
-        probe = folder / ".prunesweep-write-probe"
         try:
-            probe.write_bytes(b"")
-            probe.unlink()
+            ensure_writable(db.parent)
         except OSError as err:
-            raise TrackingError(f"tracking.uri={uri!r}: folder {folder} is not writable: {err}") from None
+            raise TrackingError(f"tracking.uri={uri!r}: folder {db.parent} is not writable: {err}") from None
     elif uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
@@ -85,9 +80,9 @@ def open_store(uri: str, experiment: str, artifact_root: str | None = None) -> S
 def _creation_lock(uri: str) -> contextlib.AbstractContextManager:
     """Serialise the first touch of a SQLite store: MLflow creates its tables then, and two processes doing
     it at once collide (``duplicate column name``). Servers and other databases handle this themselves."""
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_path(uri)
+    if db is None:
         return contextlib.nullcontext()
-    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).expanduser()
     return FileLock(str(db) + ".lock")
 
 
