@@ -72,8 +72,10 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 def open_store(uri: str, experiment: str, artifact_root: str | None = None) -> Store:
     """Client and experiment id; creates the experiment (with a local artifact folder) when missing."""
     check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
     with _creation_lock(uri):
+        # The client builds MLflow's store at once, and that creates and migrates the tables of a new
+        # database: it must happen under the lock, or two sweeps started together race on the schema.
+        client = MlflowClient(tracking_uri=uri)
         return _get_or_create(client, uri, experiment, artifact_root)
 
 
@@ -86,16 +88,24 @@ def _creation_lock(uri: str) -> contextlib.AbstractContextManager:
     return FileLock(str(db) + ".lock")
 
 
+# MLflow 3's UI opens an experiment by its kind; without this tag it shows the GenAI view (traces, agents)
+# instead of the model-training runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _get_or_create(client: MlflowClient, uri: str, experiment: str, artifact_root: str | None) -> Store:
     found = client.get_experiment_by_name(experiment)
     if found is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in found.tags:  # stores made before the tag existed
+                client.set_experiment_tag(found.experiment_id, key, value)
         return Store(client, found.experiment_id, uri)
     location = None
     if artifact_root and not uri.startswith(("http://", "https://")):
         # Artifacts next to the database, not in MLflow's CWD-relative default.
         location = Path(artifact_root).expanduser().resolve().as_uri()
     try:
-        experiment_id = client.create_experiment(experiment, artifact_location=location)
+        experiment_id = client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:
         # Another process created it between our lookup and our create.
         found = client.get_experiment_by_name(experiment)

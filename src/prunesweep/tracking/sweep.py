@@ -28,7 +28,6 @@ from prunesweep.tracking.store import open_store
 log = logging.getLogger("prunesweep")
 
 SWEEP_FILE = "sweep.json"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 def sweep_file(sweep_dir: str | Path) -> Path:
@@ -40,26 +39,46 @@ def read_sweep_file(sweep_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def sweeper_params(config: DictConfig) -> dict[str, Any]:
+    """The sweeper's ``params`` (a ``+sweep=`` file's grid) as a plain dict; empty for a plain ``-m`` grid,
+    where Hydra leaves it an empty dict rather than a config node."""
+    params = config.hydra.sweeper.get("params")
+    return OmegaConf.to_container(params, resolve=False) if isinstance(params, DictConfig) else dict(params or {})
+
+
 def sweep_id_of(config: DictConfig) -> str:
     """Same command line (and sweep definition) -> same id, so a re-launch resumes the same sweep."""
     task = sorted(o for o in config.hydra.overrides.task if not o.startswith("hydra."))
-    params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False)
-    digest = hashlib.sha256(json.dumps([task, params], sort_keys=True, default=str).encode()).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps([task, sweeper_params(config)], sort_keys=True, default=str).encode()
+    ).hexdigest()
     return f"sweep-{digest[:10]}"
 
 
 def expand_points(config: DictConfig) -> list[list[str]] | None:
-    """Override lists of every job of a basic-sweeper multirun; None for sweepers that decide as they go."""
-    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+    """Override lists of every job of a basic-sweeper multirun; None for sweepers that decide as they go.
+
+    The sweep file's grid comes first and the command line after it, as Hydra's basic sweeper orders them,
+    so a key typed on the command line overrides the same key of a ``+sweep=`` file.
+    """
+    basic_sweeper = _basic_sweeper()
+    if config.hydra.sweeper.get("_target_") != f"{basic_sweeper.__module__}.{basic_sweeper.__name__}":
         return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     loader = GlobalHydra.instance().config_loader()
-    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    params = [f"{k}={v}" for k, v in sweeper_params(config).items()]
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
-    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return [list(job) for batch in basic_sweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _basic_sweeper() -> type:
+    """Hydra's basic sweeper, the one private Hydra API this project uses: it expands a grid exactly as the
+    launch will, so every point is validated before the first runs. ``tests/tracking`` fails if it moves."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    return BasicSweeper
 
 
 def validate_points(config: DictConfig, points: list[list[str]]) -> None:
