@@ -88,7 +88,7 @@ def test_report_command_logs_curves_and_is_safe_to_rerun(built_store, store_uri,
     client, experiment_id, parent = built_store
     assert find_parent(client, "sweep-abc", "elsewhere") == (experiment_id, parent)
     assert find_parent(client, "elsewhere", "prunesweep") == (experiment_id, parent)
-    for _ in range(2):
+    for _ in range(3):
         main(
             [
                 "sweep-abc",
@@ -109,6 +109,10 @@ def test_report_command_logs_curves_and_is_safe_to_rerun(built_store, store_uri,
     history = client.get_metric_history(parent, "curve/unstructured/global/acc_finetuned")
     steps = sorted({(m.step, round(m.value, 6)) for m in history})
     assert steps == [(500, 0.99), (900, 0.9895), (990, 0.97)]
+    # three reports, yet every curve and summary history holds one point per step
+    for key in client.get_run(parent).data.metrics:
+        steps_logged = [m.step for m in client.get_metric_history(parent, key)]
+        assert len(steps_logged) == len(set(steps_logged)), key
     assert (tmp_path / "fig" / "acc_vs_sparsity.png").stat().st_size > 10_000
     written = pd.read_csv(tmp_path / "fig" / "points.csv")
     assert len(written) == len(POINTS) + 1

@@ -1,4 +1,6 @@
-"""Accuracy-vs-sparsity report of a sweep, read only from MLflow, so it works on any store.
+"""Accuracy-vs-sparsity report of a sweep: reads its runs from MLflow and logs the report to its parent run.
+
+It reads nothing but MLflow, so it works on any store, and it writes only to the sweep's parent run.
 
     prunesweep-report                         # the latest sweep of experiment "prunesweep"
     prunesweep-report sweep-1a2b3c4d5e        # a sweep id, a parent run id, or an experiment name
@@ -7,7 +9,7 @@
 The same function runs at the end of every multirun and logs to the parent run: the figures, the
 points table (CSV and an MLflow table), the mean-over-seeds table per target (``report/by_target.csv``),
 ``curve/<granularity>/<threshold>/acc_finetuned`` metrics with step = round(1000 × target sparsity), and
-summary metrics per series. Running it again overwrites them.
+summary metrics per series. Running it again overwrites the artifacts and logs no metric twice.
 """
 
 from __future__ import annotations
@@ -225,10 +227,24 @@ def log_sweep_report(
             Metric(f"summary/{series}/max_sparsity_within_{tol}", row[f"max_sparsity_within_{tol}"], now, 0)
             for tol in TOLERANCES
         ]
+    metrics = unlogged(client, parent_run_id, metrics)
     for start in range(0, len(metrics), 1000):
         client.log_batch(parent_run_id, metrics=metrics[start : start + 1000])
     client.set_tag(parent_run_id, "sweep.summary", summary)
     return summary
+
+
+def unlogged(client: MlflowClient, run_id: str, metrics: list[Metric]) -> list[Metric]:
+    """The metrics whose (step, value) the run's history does not hold yet: reporting twice logs nothing twice,
+    while a value that changed (a resumed sweep finished more points) is logged at its step again."""
+    logged: dict[str, set[tuple[int, float]]] = {}
+    fresh = []
+    for metric in metrics:
+        if metric.key not in logged:
+            logged[metric.key] = {(m.step, m.value) for m in client.get_metric_history(run_id, metric.key)}
+        if (metric.step, metric.value) not in logged[metric.key]:
+            fresh.append(metric)
+    return fresh
 
 
 def _figure(finished: pd.DataFrame, x: str, label: str) -> plt.Figure:
