@@ -1,0 +1,23 @@
+"""The MLflow store as the UI expects it: a model-training experiment, created once, on a real SQLite file."""
+
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+
+from prunesweep.tracking import open_store
+from prunesweep.tracking.store import EXPERIMENT_KIND
+
+
+def test_experiment_is_created_as_a_model_training_experiment(store_uri):
+    store = open_store(store_uri, "prunesweep")
+    tags = MlflowClient(tracking_uri=store_uri).get_experiment(store.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert open_store(store_uri, "prunesweep").experiment_id == store.experiment_id
+
+
+def test_an_older_experiment_gets_the_kind_tag_when_opened(store_uri):
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = client.create_experiment("made-before")
+    assert "mlflow.experimentKind" not in client.get_experiment(experiment_id).tags
+    assert open_store(store_uri, "made-before").experiment_id == experiment_id
+    assert client.get_experiment(experiment_id).tags.items() >= EXPERIMENT_KIND.items()
