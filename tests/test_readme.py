@@ -1,0 +1,152 @@
+"""The README's commands, as written: each one runs (on a reduced budget) or is excused here with a reason.
+
+A command added to the README without an entry below fails this test, so a README command is tested or
+knowingly excused. Long sweeps are composed with ``--cfg job`` (every point of a multirun is then validated
+by its own tests); the short ones really run on 2,000 real MNIST images, one epoch each.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BIN = Path(sys.executable).parent
+PROGRAMS = ("prunesweep", "prunesweep-report", "prunesweep-bench")
+BUDGET = ["data.train_subset=2000", "train.epochs=1", "finetune.epochs=1", "trainer.enable_progress_bar=false"]
+
+RUN = "run"  # really run, with BUDGET and a throwaway store appended
+COMPOSE = "compose"  # compose only (`--cfg job`): the reason says why a full run is not done here
+REPORT = "report"  # prunesweep-report on the sweep that the RUN commands made
+HELP = "help"  # a `--help` command, run as typed
+
+# Every README command (comments stripped, whitespace collapsed) -> (how it is tested, why).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prunesweep --help": (HELP, "prints the config groups and the most useful commands"),
+    "prunesweep +sweep=smoke": (RUN, "8 points on 2,000 images"),
+    "prunesweep -m pruning.sparsity=0.5,0.9 pruning.threshold=global,layerwise": (RUN, "4 points; relaunched too"),
+    "prunesweep-report sweep-<id> --out report/": (REPORT, "the smoke sweep's id put in for <id>"),
+    "prunesweep +sweep=default": (COMPOSE, "36 points: 10+ minutes even on a reduced budget"),
+    "prunesweep +sweep=seeds": (COMPOSE, "108 points"),
+    "prunesweep +sweep=structures": (COMPOSE, "54 points of ResNet and ViT"),
+    "prunesweep +sweep=frontier_reduced": (COMPOSE, "15 long recipes"),
+    "prunesweep +sweep=frontier": (COMPOSE, "36 long recipes, ~1.5 h"),
+    "prunesweep +sweep=frontier_reduced hydra/launcher=joblib hydra.launcher.n_jobs=2": (COMPOSE, "15 long recipes"),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_100x finetune.epochs=32": (COMPOSE, "3 long runs"),
+    "prunesweep +sweep=frontier hydra/launcher=joblib hydra.launcher.n_jobs=2": (COMPOSE, "36 long recipes"),
+    "prunesweep +sweep=default hydra/launcher=joblib hydra.launcher.n_jobs=2": (
+        COMPOSE,
+        "36 points; joblib grids run in tests/test_sweep.py",
+    ),
+    "prunesweep +sweep=default hydra/launcher=submitit_slurm hydra.launcher.cpus_per_task=4": (
+        COMPOSE,
+        "needs a SLURM cluster",
+    ),
+}
+
+
+def readme_commands(text: str) -> list[str]:
+    """Command lines of the README's fenced blocks that call one of PROGRAMS (``.venv/bin/`` or not)."""
+    found: list[str] = []
+    for block in re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M):
+        for line in block.splitlines():
+            for part in line.split("#", 1)[0].split("&&"):
+                words = part.split()
+                if words and (words[0] in PROGRAMS or words[0].endswith(tuple(f"bin/{p}" for p in PROGRAMS))):
+                    command = " ".join([Path(words[0]).name, *words[1:]])
+                    if command not in found:
+                        found.append(command)
+    return found
+
+
+def test_readme_commands_are_found():
+    """The collector sees the README's commands (a broken collector must not pass by finding none)."""
+    commands = readme_commands(README.read_text())
+    assert "prunesweep +sweep=default" in commands
+    assert any(c.startswith("prunesweep -m ") for c in commands)
+    text = "```bash\n.venv/bin/prunesweep-report x  # note\nsrc/prunesweep/  a folder\n```\nprunesweep +y\n"
+    assert readme_commands(text) == ["prunesweep-report x"]
+
+
+def test_every_readme_command_is_listed_here():
+    commands = readme_commands(README.read_text())
+    unlisted = [c for c in commands if c not in COMMANDS]
+    assert not unlisted, f"README commands neither run nor excused in tests/test_readme.py: {unlisted}"
+    stale = [c for c in COMMANDS if c not in commands]
+    assert not stale, f"listed here but no longer in the README: {stale}"
+
+
+def _run(argv: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    argv = [str(BIN / argv[0]), *argv[1:]]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{shlex.join(argv)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _children(client: MlflowClient, parent_id: str) -> list:
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def _tested_as(how: str) -> list[str]:
+    return [c for c in readme_commands(README.read_text()) if COMMANDS.get(c, ("",))[0] == how]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict:
+    """One store and output folder for every README command, and the sweeps already run in it."""
+    root = tmp_path_factory.mktemp("readme")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    return {"root": root, "store": store, "where": [f"tracking.uri={store}", f"paths.output_dir={root / 'outputs'}"],
+            "sweeps": {}}  # fmt: skip
+
+
+def _sweep(workspace: dict, command: str) -> tuple[str, str, int]:
+    """Run a README sweep command once on the reduced budget: (sweep id, parent run id, points)."""
+    if command not in workspace["sweeps"]:
+        proc = _run([*shlex.split(command), *workspace["where"], *BUDGET])
+        started = re.search(r"\[prunesweep\] sweep (sweep-\w+): (\d+) points; parent run (\w+)", proc.stdout)
+        assert started, f"{command}: no sweep line in\n{proc.stdout[-2000:]}"
+        workspace["sweeps"][command] = (started.group(1), started.group(3), int(started.group(2)))
+    return workspace["sweeps"][command]
+
+
+@pytest.mark.parametrize("command", _tested_as(COMPOSE))
+def test_readme_command_composes(command, workspace):
+    proc = _run([*shlex.split(command), *workspace["where"], "--cfg", "job"])
+    assert "pruning:" in proc.stdout and "granularity:" in proc.stdout
+
+
+@pytest.mark.parametrize("command", _tested_as(RUN))
+def test_readme_sweep_runs_then_resumes(command, workspace):
+    sweep_id, parent, points = _sweep(workspace, command)
+    client = MlflowClient(tracking_uri=workspace["store"])
+    children = _children(client, parent)
+    assert len(children) == points and all(r.info.status == "FINISHED" for r in children)
+    again = _run([*shlex.split(command), *workspace["where"], *BUDGET])  # typed again: resumes, adds no run
+    assert sweep_id in again.stdout
+    assert len(_children(client, parent)) == points, f"{command}: the relaunch added runs"
+
+
+@pytest.mark.parametrize("command", _tested_as(REPORT))
+def test_readme_report_command(command, workspace):
+    sweep_id, _, _ = _sweep(workspace, "prunesweep +sweep=smoke")
+    out = workspace["root"] / "report"
+    argv = shlex.split(command.replace("sweep-<id>", sweep_id).replace("report/", str(out)))
+    proc = _run([*argv, "--tracking-uri", workspace["store"]])
+    assert "acc_finetuned" in proc.stdout
+    assert (out / "acc_vs_sparsity.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("command", _tested_as(HELP))
+def test_readme_help_command(command):
+    out = _run(shlex.split(command)).stdout
+    assert "Most useful commands" in out and "is powered by Hydra" not in out
