@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prunesweep.models import LeNet5, LeNet300
-from prunesweep.pruning import IMPORTANCES, PruningSpec, apply_masks, compute_masks
+from prunesweep.pruning import GRANULARITIES, IMPORTANCES, PruningSpec, apply_masks, compute_masks
 from prunesweep.pruning.importance import Entropy, Random, Taylor
 from prunesweep.pruning.units import Channel, Unstructured
 
@@ -105,6 +105,9 @@ def test_random_is_seeded() -> None:
 def test_registry_declares_calibration_needs() -> None:
     calibrated = {name for name, cls in IMPORTANCES.items() if cls.requires_calibration}
     assert calibrated == {"taylor", "entropy", "activation", "ablation"}
-    assert IMPORTANCES["entropy"].granularities == frozenset({"channel"})
+    accepted = {name: {g for g, cls in GRANULARITIES.items() if imp.accepts(cls)} for name, imp in IMPORTANCES.items()}
+    assert accepted["entropy"] == {"channel"}
     for coarse_only in ("activation", "ablation"):
-        assert IMPORTANCES[coarse_only].granularities == frozenset({"layer", "block", "head"})
+        assert accepted[coarse_only] == {"layer", "block", "head"}
+    for general in ("l1", "l2", "taylor", "random"):
+        assert accepted[general] == set(GRANULARITIES)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
-
 import pytest
 import torch
 import torch_pruning as tp
@@ -105,12 +102,3 @@ def test_sparse_export_round_trip(model_cls) -> None:
 def test_sparse_export_of_dense_model_is_larger() -> None:
     _, sizes = sparse_export(LeNet300())
     assert sizes["csr_bytes"] > sizes["dense_bytes"]  # CSR only pays off once most weights are zero
-
-
-@pytest.mark.parametrize(
-    "module",
-    ["spec", "units", "structures", "importance", "thresholds", "sensitivity", "masks", "measure", "reconstruct"],
-)
-def test_docstring_examples_run(module: str) -> None:
-    result = doctest.testmod(importlib.import_module(f"prunesweep.pruning.{module}"))
-    assert result.failed == 0

@@ -7,8 +7,16 @@ import re
 import pytest
 import torch
 
-from prunesweep.models import LeNet5, LeNet300
-from prunesweep.pruning import PruningConfigError, PruningSpec, compute_masks, validate_spec
+from prunesweep.models import LeNet5, LeNet300, ResNet
+from prunesweep.pruning import (
+    IMPORTANCES,
+    Granularity,
+    Importance,
+    PruningConfigError,
+    PruningSpec,
+    compute_masks,
+    validate_spec,
+)
 
 BAD_SPECS = [
     # (spec kwargs, substrings the message must contain)
@@ -71,3 +79,46 @@ def test_model_without_prunable_layers_needs_explicit_layers() -> None:
 def test_good_specs_pass(model_cls, granularity: str, threshold: str) -> None:
     for k in (None, 0.0, 2.5):
         validate_spec(PruningSpec(sparsity=0.0, granularity=granularity, threshold=threshold, stat_k=k), model_cls())
+
+
+@pytest.mark.parametrize(
+    ("threshold", "why"), [("statistical", "fits a distribution"), ("sensitivity", "its curves prune")]
+)
+def test_thresholds_refuse_coarse_units_by_capability(threshold: str, why: str) -> None:
+    spec = PruningSpec(sparsity=0.5, granularity="block", threshold=threshold)
+    with pytest.raises(PruningConfigError) as info:
+        validate_spec(spec, ResNet())
+    message = str(info.value)
+    for fragment in (f"pruning.threshold={threshold}", "pruning.granularity=block", why, "use global or layerwise"):
+        assert fragment in message, message
+
+
+def test_a_new_importance_is_one_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation reads the class's capabilities: registering it is all it takes to be accepted or refused."""
+
+    class Fanout(Importance):
+        why_restricted = "fanout scores whole output units"
+
+        @classmethod
+        def accepts(cls, granularity: type[Granularity]) -> bool:
+            return granularity.structured
+
+    monkeypatch.setitem(IMPORTANCES, "fanout", Fanout)
+    validate_spec(PruningSpec(sparsity=0.5, granularity="channel", importance="fanout"), LeNet5())
+    with pytest.raises(PruningConfigError) as info:
+        validate_spec(PruningSpec(sparsity=0.5, importance="fanout"), LeNet5())
+    assert "fanout scores whole output units; use block or channel or head or layer" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "note"),
+    [
+        ({"threshold": "layerwise", "normalize": "lamp"}, "pruning.normalize=lamp only applies to threshold=global"),
+        ({"threshold": "global", "layer_sparsity": {"fc1": 0.9}}, "layer_sparsity only applies to threshold=layerwise"),
+    ],
+)
+def test_settings_a_threshold_does_not_use_are_noted(overrides: dict, note: str) -> None:
+    plan = compute_masks(LeNet300(), PruningSpec(sparsity=0.5, **overrides))
+    assert any(note in line for line in plan.notes), plan.notes
+    plain = compute_masks(LeNet300(), PruningSpec(sparsity=0.5, threshold=overrides["threshold"]))
+    assert not any("only applies" in line for line in plain.notes)

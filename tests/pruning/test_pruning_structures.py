@@ -22,7 +22,7 @@ from prunesweep.pruning import (
     rebuild,
     validate_spec,
 )
-from prunesweep.pruning.masks import is_bypassed
+from prunesweep.pruning.plan import is_bypassed
 
 EXAMPLE = torch.zeros(1, 1, 28, 28)
 

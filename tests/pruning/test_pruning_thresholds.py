@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from prunesweep.pruning import NORMALIZERS
-from prunesweep.pruning.thresholds import Global, Layerwise, Statistical
+from prunesweep.pruning import GRANULARITIES, NORMALIZERS, THRESHOLDS
+from prunesweep.pruning.thresholds import Global, Layerwise, Statistical, lowest
 
 N = 100_000
 
@@ -114,3 +114,19 @@ def test_global_normalisation_changes_allocation() -> None:
     for normalize in ("mean", "max", "l2", "lamp"):
         alloc = Global(normalize=normalize).select(scores, 0.5)
         assert int((~alloc.keep["a"]).sum()) == int((~alloc.keep["b"]).sum()) == 5, normalize
+
+
+def test_capabilities_say_where_each_threshold_applies() -> None:
+    coarse = {name for name, cls in THRESHOLDS.items() if cls.accepts(GRANULARITIES["head"])}
+    assert coarse == {"global", "layerwise"}
+    assert all(cls.accepts(GRANULARITIES["channel"]) for cls in THRESHOLDS.values())
+    assert {name for name, cls in THRESHOLDS.items() if cls.uses_normalize} == {"global"}
+    assert {name for name, cls in THRESHOLDS.items() if cls.uses_layer_sparsity} == {"layerwise"}
+    assert {name for name, cls in THRESHOLDS.items() if cls.needs_calibration} == {"sensitivity"}
+
+
+def test_lowest_breaks_ties_like_torch_prune() -> None:
+    flat = torch.tensor([1.0, 0.5, 0.5, 2.0, 0.5])
+    expected = torch.topk(flat, 2, largest=False).indices
+    assert lowest(flat, 2).nonzero().flatten().sort().values.tolist() == expected.sort().values.tolist()
+    assert not lowest(flat, 0).any()

@@ -1,16 +1,26 @@
 """Pruning engine: importance (scores) x granularity (units) x threshold (allocation), then surgery.
 
-Plain PyTorch + Torch-Pruning; no Lightning, MLflow or Hydra here, so every piece can be unit-tested and
-reused. The pieces are swappable through name registries:
+Plain PyTorch + Torch-Pruning; no Lightning, MLflow or Hydra here (except :mod:`.callback`), so every piece can
+be unit-tested and reused. The modules form layers, each importing only from those above it (tests/test_imports.py
+holds the order):
 
-* :mod:`.units` — ``GRANULARITIES``: ``unstructured`` (single weights) and ``channel`` (filters/neurons);
-  :mod:`.structures` adds ``layer``, ``block`` and ``head`` (units the model declares in ``structures``).
-* :mod:`.importance` — ``IMPORTANCES``: ``l1``, ``l2``, ``taylor``, ``entropy``, ``random``; ``activation``
-  and ``ablation`` for coarse units.
-* :mod:`.thresholds` — ``THRESHOLDS``: ``global``, ``layerwise``, ``statistical``; :mod:`.sensitivity` adds
-  ``sensitivity`` (per-layer rates from one-layer-at-a-time curves, equal loss increase per layer).
-* :mod:`.masks` — :func:`compute_masks` / :func:`apply_masks` and friends.
-* :mod:`.reconstruct` — physically smaller models and sparse exports; :mod:`.measure` — params/MACs/latency.
+1. :mod:`.spec` — :class:`PruningSpec` (a frozen value) and :class:`PruningConfigError`; imports nothing from here.
+2. :mod:`.units` — ``GRANULARITIES``: ``unstructured`` (single weights) and ``channel`` (filters/neurons, couplings
+   traced once by Torch-Pruning's DependencyGraph); :mod:`.structures` adds ``layer``, ``block`` and ``head``
+   (units the model declares in ``structures``).
+3. :mod:`.plan` — :class:`MaskPlan` (a decision as data), :func:`apply_masks`, bypass hooks, exports.
+4. Strategies, each a small class whose capabilities are class attributes (``accepts``, ``requires_calibration``,
+   ``needs_calibration``, ``uses_normalize``...): :mod:`.importance` — ``IMPORTANCES``: ``l1``, ``l2``, ``taylor``,
+   ``entropy``, ``random``; ``activation`` and ``ablation`` for coarse units. :mod:`.thresholds` — ``THRESHOLDS``:
+   ``global``, ``layerwise``, ``statistical``; :mod:`.sensitivity` adds ``sensitivity`` (per-layer rates from
+   one-layer-at-a-time curves, equal loss increase per layer).
+5. :mod:`.planner` — :func:`validate_spec` (reads the capabilities), :func:`make_threshold` and
+   :func:`compute_masks` (score → pin previous → allocate and check → expand → report).
+6. :mod:`.reconstruct` — physically smaller models and sparse exports; :mod:`.measure` — params/MACs/latency;
+   :mod:`.schedule` — one-shot/iterative/gradual targets.
+7. :mod:`.callback` — the only Lightning-aware module: masks held through fine-tuning, gradual updates.
+
+A new importance, threshold or granularity is one registered class in one file.
 
 Target semantics: for ``unstructured`` the sparsity is the fraction of the pruned layers' *weights* (biases
 are never pruned); for ``channel`` and the coarse granularities it is the fraction of *units* (per layer or
@@ -20,34 +30,35 @@ with :func:`count_params`.
 
 from prunesweep.pruning._util import clone_model
 from prunesweep.pruning.importance import IMPORTANCES, Importance
-from prunesweep.pruning.masks import (
+from prunesweep.pruning.measure import count_macs, count_params, latency_ms, layer_sparsity, size_bytes
+from prunesweep.pruning.plan import (
     LayerReport,
     MaskPlan,
     apply_masks,
-    compute_masks,
     export_state_dict,
     make_permanent,
-    make_threshold,
     masked_nonzero,
 )
-from prunesweep.pruning.measure import count_macs, count_params, latency_ms, layer_sparsity, size_bytes
+from prunesweep.pruning.planner import (
+    available_granularities,
+    compute_masks,
+    make_threshold,
+    resolve_layers,
+    validate_spec,
+)
 from prunesweep.pruning.reconstruct import (
     REBUILDERS,
     architecture,
     load_sparse_export,
     rebuild,
     rebuild_channels,
+    rebuild_heads,
+    rebuild_modules,
     sparse_export,
 )
 from prunesweep.pruning.sensitivity import Sensitivity, SensitivityCurves, measure_sensitivity
-from prunesweep.pruning.spec import (
-    PruningConfigError,
-    PruningSpec,
-    available_granularities,
-    resolve_layers,
-    validate_spec,
-)
-from prunesweep.pruning.structures import Block, Head, Layer, rebuild_heads, rebuild_modules
+from prunesweep.pruning.spec import PruningConfigError, PruningSpec
+from prunesweep.pruning.structures import Block, Head, Layer
 from prunesweep.pruning.thresholds import DISTRIBUTIONS, NORMALIZERS, THRESHOLDS, Threshold
 from prunesweep.pruning.units import GRANULARITIES, Channel, Granularity, Unstructured
 

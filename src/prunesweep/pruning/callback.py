@@ -11,7 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import nn
 
-from prunesweep.pruning.masks import MaskPlan, masked_nonzero
+from prunesweep.pruning.plan import MaskPlan, masked_nonzero
 from prunesweep.pruning.schedule import GradualSchedule
 
 

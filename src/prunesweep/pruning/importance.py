@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -31,10 +31,9 @@ from prunesweep.pruning._util import (
     registrar,
     trainable_param,
 )
+from prunesweep.pruning.plan import MaskPlan, apply_masks
+from prunesweep.pruning.spec import PruningConfigError, PruningSpec
 from prunesweep.pruning.units import Granularity
-
-if TYPE_CHECKING:
-    from prunesweep.pruning.spec import PruningSpec
 
 Calibration = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -50,10 +49,13 @@ class Importance:
     name: ClassVar[str] = ""
     #: True when scores need data (``calib`` batches of ``(x, y)``).
     requires_calibration: ClassVar[bool] = False
-    #: Granularity names this importance is defined for; ``None`` = all.
-    granularities: ClassVar[frozenset[str] | None] = None
-    #: Why ``granularities`` is restricted (quoted in the config error).
+    #: Why :meth:`accepts` refuses some granularities (quoted in the config error).
     why_restricted: ClassVar[str] = ""
+
+    @classmethod
+    def accepts(cls, granularity: type[Granularity]) -> bool:
+        """Whether scores are defined for units of ``granularity`` (read from its capabilities, not its name)."""
+        return True
 
     @classmethod
     def from_spec(cls, spec: PruningSpec) -> Importance:
@@ -70,8 +72,6 @@ class Importance:
 
     def _need_calib(self, calib: Calibration | None) -> Calibration:
         if calib is None:
-            from prunesweep.pruning.spec import PruningConfigError  # local: spec imports this module
-
             raise PruningConfigError(
                 f"pruning.importance={self.name} needs calibration batches: pass calib=<iterable of (x, y)>"
             )
@@ -210,9 +210,6 @@ class Taylor(CalibratedImportance):
         return {layer: torch.stack(values) for layer, values in scores.items()}
 
 
-COARSE = frozenset({"layer", "block", "head"})
-
-
 @register_importance("activation")
 class Activation(CalibratedImportance):
     """Mean L2 norm (per sample) of each unit's contribution to the residual stream on calibration batches.
@@ -221,8 +218,11 @@ class Activation(CalibratedImportance):
     is its slice of the output projection applied to its own output. Small contributions go first.
     """
 
-    granularities = COARSE
     why_restricted = "activation measures a unit's contribution to the residual stream"
+
+    @classmethod
+    def accepts(cls, granularity: type[Granularity]) -> bool:
+        return granularity.coarse
 
     def score(self, model, layer_names, granularity, calib=None):
         calib = self._need_calib(calib)
@@ -255,12 +255,13 @@ class Ablation(CalibratedImportance):
     """Measured increase of the calibration loss when the unit alone is removed (masked exactly as pruning
     would mask it, bypass included). Exact, and one evaluation per unit: fine for tens of coarse units."""
 
-    granularities = COARSE
     why_restricted = "ablation removes whole units one at a time (one evaluation each)"
 
-    def score(self, model, layer_names, granularity, calib=None):
-        from prunesweep.pruning.masks import MaskPlan, apply_masks  # local: masks imports this module
+    @classmethod
+    def accepts(cls, granularity: type[Granularity]) -> bool:
+        return granularity.coarse
 
+    def score(self, model, layer_names, granularity, calib=None):
         batches = list(itertools.islice(self._need_calib(calib), self.calib_batches))
         if not batches:
             raise ValueError("ablation importance got an empty calibration iterable")
@@ -298,8 +299,11 @@ class Entropy(CalibratedImportance):
     little information, has low entropy and is pruned first. Constant units score 0.
     """
 
-    granularities = frozenset({"channel"})
     why_restricted = "entropy scores a unit's activations"
+
+    @classmethod
+    def accepts(cls, granularity: type[Granularity]) -> bool:
+        return granularity.structured and not granularity.coarse  # one output per unit: a channel or neuron
 
     def __init__(self, calib_batches: int = 8, bins: int = 32) -> None:
         super().__init__(calib_batches)

@@ -1,13 +1,14 @@
 """Surgery: turn a masked model into something physically smaller.
 
 * :func:`rebuild_channels` removes pruned channels/neurons for real (Torch-Pruning groups), giving a smaller
-  dense model with the same outputs.
+  dense model with the same outputs; :func:`rebuild_modules` replaces pruned layers/blocks by ``nn.Identity``
+  and :func:`rebuild_heads` shrinks attention modules to their surviving heads. :func:`rebuild` dispatches.
 * :func:`sparse_export` stores weights as CSR and reports dense / CSR / gzip sizes;
   :func:`load_sparse_export` turns it back into a dense model.
 
 >>> import torch
 >>> from prunesweep.models import LeNet5
->>> from prunesweep.pruning.masks import compute_masks
+>>> from prunesweep.pruning.planner import compute_masks
 >>> from prunesweep.pruning.spec import PruningSpec
 >>> model = LeNet5()
 >>> plan = compute_masks(model, PruningSpec(sparsity=0.5, granularity="channel"))
@@ -20,14 +21,15 @@ from __future__ import annotations
 import gzip
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from prunesweep.pruning._util import DEFAULT_INPUT_SHAPE, clone_model, model_device
-from prunesweep.pruning.masks import MaskPlan, apply_masks, export_state_dict, make_permanent
+from prunesweep.pruning._util import DEFAULT_INPUT_SHAPE, clone_model
+from prunesweep.pruning.plan import MaskPlan, apply_masks, export_state_dict, make_permanent, remove_bypasses
+from prunesweep.pruning.structures import Structures
+from prunesweep.pruning.units import GRANULARITIES, dependency_graph
 
 
 def rebuild_channels(model: nn.Module, plan: MaskPlan, example_inputs: torch.Tensor | None = None) -> nn.Module:
@@ -41,13 +43,10 @@ def rebuild_channels(model: nn.Module, plan: MaskPlan, example_inputs: torch.Ten
     rebuilt = clone_model(model)
     apply_masks(rebuilt, plan)
     make_permanent(rebuilt)
-    device = model_device(rebuilt)
     if example_inputs is None:
         example_inputs = torch.zeros(DEFAULT_INPUT_SHAPE)
-    with torch.enable_grad():  # Torch-Pruning traces through autograd
-        with warnings.catch_warnings():  # free parameters (a ViT's cls/pos embeddings) are never pruned here
-            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            graph = tp.DependencyGraph().build_dependency(rebuilt, example_inputs=example_inputs.to(device))
+    graph = dependency_graph(rebuilt, example_inputs)
+    with torch.enable_grad():  # Torch-Pruning's group.prune() works through autograd too
         done: set[nn.Module] = set()
         for layer, kept in plan.kept_units.items():
             module = rebuilt.get_submodule(layer)
@@ -68,8 +67,68 @@ def rebuild_channels(model: nn.Module, plan: MaskPlan, example_inputs: torch.Ten
     return rebuilt
 
 
+def _pruned_units(model: nn.Module, plan: MaskPlan, granularity: Structures) -> dict[str, list[int]]:
+    out = {}
+    for layer, kept in plan.kept_units.items():
+        keep = torch.zeros(granularity.count_units(model, layer), dtype=torch.bool)
+        keep[kept.cpu()] = True
+        out[layer] = (~keep).nonzero().flatten().tolist()
+    return out
+
+
+def _masked_copy(model: nn.Module, plan: MaskPlan) -> nn.Module:
+    """A hook-free copy with the plan's zeros baked in (bypass hooks are re-added by apply_masks)."""
+    copy = clone_model(model)
+    apply_masks(copy, plan)
+    make_permanent(copy)
+    remove_bypasses(copy)
+    return copy
+
+
+def rebuild_modules(model: nn.Module, plan: MaskPlan, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` with every pruned layer/block unit replaced by ``nn.Identity``."""
+    granularity = GRANULARITIES[plan.granularity]()
+    rebuilt = _masked_copy(model, plan)
+    for layer, pruned in _pruned_units(model, plan, granularity).items():
+        units = granularity.units(model, layer)
+        for index in pruned:
+            parent, _, leaf = units[index].rpartition(".")
+            setattr(rebuilt.get_submodule(parent) if parent else rebuilt, leaf, nn.Identity())
+    return rebuilt
+
+
+def _select(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    weight = linear.weight.detach()
+    weight = weight[rows] if rows is not None else weight
+    weight = weight[:, cols] if cols is not None else weight
+    small = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None)
+    small = small.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        small.weight.copy_(weight)
+        if linear.bias is not None:
+            small.bias.copy_(linear.bias.detach()[rows] if rows is not None else linear.bias.detach())
+    return small
+
+
+def rebuild_heads(model: nn.Module, plan: MaskPlan, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` whose attention modules keep only their surviving heads (smaller q/k/v/out)."""
+    rebuilt = _masked_copy(model, plan)
+    for layer, kept in plan.kept_units.items():
+        attn = rebuilt.get_submodule(layer)
+        head_dim = attn.q.out_features // attn.num_heads
+        rows = (kept.cpu().sort().values[:, None] * head_dim + torch.arange(head_dim)).flatten()
+        attn.q, attn.k, attn.v = (_select(getattr(attn, p), rows=rows) for p in ("q", "k", "v"))
+        attn.out = _select(attn.out, cols=rows)
+        attn.num_heads = kept.numel()
+    return rebuilt
+
+
+#: granularity name -> physical rebuild (unstructured has none: its zeros are exported sparse instead).
 REBUILDERS: dict[str, Callable[[nn.Module, MaskPlan, torch.Tensor | None], nn.Module]] = {
     "channel": rebuild_channels,
+    "layer": rebuild_modules,
+    "block": rebuild_modules,
+    "head": rebuild_heads,
 }
 
 
@@ -154,7 +213,7 @@ def load_sparse_export(template: nn.Module, state: dict[str, torch.Tensor]) -> n
     return model
 
 
-def _plain_named_params(model: nn.Module):
+def _plain_named_params(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     """Parameter names as a plain (unpruned) model would have them."""
     for name, param in model.named_parameters():
         yield (name[: -len("_orig")] if name.endswith("_orig") else name), param

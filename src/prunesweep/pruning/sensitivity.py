@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunesweep.pruning._util import is_reparametrized
-from prunesweep.pruning.thresholds import Allocation, Layerwise, Threshold, register_threshold
+from prunesweep.pruning._util import eval_mode, is_reparametrized
+from prunesweep.pruning.thresholds import Allocation, Layerwise, Threshold, lowest, register_threshold
 from prunesweep.pruning.units import Granularity
 
 #: Fractions of a layer's units removed when measuring its curve: dense near 0, fine near 1 where the
@@ -126,13 +126,6 @@ class SensitivityCurves:
         return chosen
 
 
-def _lowest_keep(scores: torch.Tensor, k: int) -> torch.Tensor:
-    keep = torch.ones(scores.numel(), dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(scores.reshape(-1), k, largest=False).indices] = False
-    return keep.reshape(scores.shape)
-
-
 @torch.no_grad()
 def _loss_and_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
     loss = correct = count = 0.0
@@ -157,39 +150,44 @@ def measure_sensitivity(
 ) -> SensitivityCurves:
     """Prune one layer at a time (lowest ``scores`` first) to each sparsity and measure loss and accuracy.
 
-    The model is restored exactly afterwards (weights and train/eval mode); ``granularity`` must be bound.
-    With ``min_keep`` (channels keep one), the top of the grid measures ``n - min_keep`` units removed.
+    The model is restored exactly afterwards (weights and every submodule's train/eval mode); ``granularity``
+    must be bound. With ``min_keep`` (channels keep one), the top of the grid measures ``n - min_keep`` units
+    removed.
     """
     grid = tuple(sorted({0.0, *(float(s) for s in sparsities)}))
     batches = list(batches)
-    was_training = model.training
-    model.eval()
     loss: dict[str, list[float]] = {}
     accuracy: dict[str, list[float]] = {}
-    try:
+    with eval_mode(model):
         base = _loss_and_accuracy(model, batches)
         for layer, score in scores.items():
             n = score.numel()
             loss[layer], accuracy[layer] = [base[0]], [base[1]]
             for s in grid[1:]:
-                keep = _lowest_keep(score.float().cpu(), min(round(s * n), n - min_keep))
-                saved = []
-                for module_name, params in granularity.expand(model, layer, keep).items():
-                    module = model.get_submodule(module_name)
-                    for pname, mask in params.items():
-                        tensor = module._parameters[f"{pname}_orig" if is_reparametrized(module, pname) else pname]
-                        saved.append((tensor, tensor.detach().clone()))
-                        tensor.mul_(mask.to(tensor.device, tensor.dtype))
-                try:
-                    result = _loss_and_accuracy(model, batches)
-                finally:
-                    for tensor, value in reversed(saved):  # reversed: a tensor saved twice ends as it began
-                        tensor.copy_(value)
+                flat = score.float().cpu().reshape(-1)
+                keep = (~lowest(flat, min(round(s * n), n - min_keep))).reshape(score.shape)
+                result = _with_layer_pruned(model, granularity.expand(model, layer, keep), batches)
                 loss[layer].append(result[0])
                 accuracy[layer].append(result[1])
-    finally:
-        model.train(was_training)
     return SensitivityCurves(grid, loss, accuracy, {layer: s.numel() for layer, s in scores.items()})
+
+
+def _with_layer_pruned(
+    model: nn.Module, masks: dict[str, dict[str, torch.Tensor]], batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[float, float]:
+    """Loss and accuracy with ``masks`` multiplied into the weights, which are restored afterwards."""
+    saved = []
+    for module_name, params in masks.items():
+        module = model.get_submodule(module_name)
+        for pname, mask in params.items():
+            tensor = module._parameters[f"{pname}_orig" if is_reparametrized(module, pname) else pname]
+            saved.append((tensor, tensor.detach().clone()))
+            tensor.mul_(mask.to(tensor.device, tensor.dtype))
+    try:
+        return _loss_and_accuracy(model, batches)
+    finally:
+        for tensor, value in reversed(saved):  # reversed: a tensor saved twice ends as it began
+            tensor.copy_(value)
 
 
 @register_threshold("sensitivity")
@@ -198,13 +196,18 @@ class Sensitivity(Threshold):
 
     The curves are measured once, by :meth:`calibrate` on held-out batches (``compute_masks`` does it on the
     first call it gets this object), and reused for every later target of an iterative or gradual schedule
-    *when the caller passes the same object* (see :func:`.masks.make_threshold`); a fresh one would
+    *when the caller passes the same object* (see :func:`.planner.make_threshold`); a fresh one would
     re-measure the partly pruned model. Per-layer counts come from rounding, so in a schedule a layer can be
     offered one unit fewer than it already lost; its pruned units stay pruned and the total overshoots by
     at most one unit per layer.
     """
 
     needs_calibration = True
+    why_restricted = "its curves prune a growing fraction of one layer's units, and a group has only a handful"
+
+    @classmethod
+    def accepts(cls, granularity: type[Granularity]) -> bool:
+        return not granularity.coarse
 
     def __init__(self, min_keep: int = 0) -> None:
         super().__init__(min_keep)

@@ -15,7 +15,8 @@ masked model mean the same thing as the rebuilt one.
   hook that returns the module's input (``MaskPlan.bypass``).
 * ``head`` units are slices of an attention module's q/k/v rows (weights and biases) and of its output
   projection's input columns. Zeroing q/k alone would only make attention uniform; zero v and output
-  columns make the head contribute exactly nothing. The rebuilt attention has smaller projections.
+  columns make the head contribute exactly nothing. The rebuilt attention has smaller projections
+  (:func:`prunesweep.pruning.reconstruct.rebuild_heads`).
 
 >>> import torch
 >>> from prunesweep.models import ViT
@@ -38,10 +39,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from prunesweep.pruning._util import DEFAULT_INPUT_SHAPE, clone_model, effective_param, eval_mode, model_device
-from prunesweep.pruning.masks import MaskPlan, apply_masks, make_permanent, remove_bypasses
-from prunesweep.pruning.reconstruct import REBUILDERS
-from prunesweep.pruning.units import GRANULARITIES, Granularity, register_granularity
+from prunesweep.pruning._util import DEFAULT_INPUT_SHAPE, effective_param, eval_mode, model_device
+from prunesweep.pruning.units import Granularity, register_granularity
 
 Masks = dict[str, dict[str, torch.Tensor]]
 #: ``record(unit_index, contribution)``: a unit's additive contribution to the residual stream, per sample.
@@ -223,62 +222,3 @@ class Head(Structures):
                 record(h, ctx @ w.T)
 
         return [attn.out.register_forward_pre_hook(contribution)]
-
-
-def _pruned_units(model: nn.Module, plan: MaskPlan, granularity: Structures) -> dict[str, list[int]]:
-    out = {}
-    for layer, kept in plan.kept_units.items():
-        keep = torch.zeros(granularity.count_units(model, layer), dtype=torch.bool)
-        keep[kept.cpu()] = True
-        out[layer] = (~keep).nonzero().flatten().tolist()
-    return out
-
-
-def _masked_copy(model: nn.Module, plan: MaskPlan) -> nn.Module:
-    """A hook-free copy with the plan's zeros baked in (bypass hooks are re-added by apply_masks)."""
-    copy = clone_model(model)
-    apply_masks(copy, plan)
-    make_permanent(copy)
-    remove_bypasses(copy)
-    return copy
-
-
-def rebuild_modules(model: nn.Module, plan: MaskPlan, example_inputs: torch.Tensor | None = None) -> nn.Module:
-    """A copy of ``model`` with every pruned layer/block unit replaced by ``nn.Identity``."""
-    granularity = GRANULARITIES[plan.granularity]()
-    rebuilt = _masked_copy(model, plan)
-    for layer, pruned in _pruned_units(model, plan, granularity).items():
-        units = granularity.units(model, layer)
-        for index in pruned:
-            parent, _, leaf = units[index].rpartition(".")
-            setattr(rebuilt.get_submodule(parent) if parent else rebuilt, leaf, nn.Identity())
-    return rebuilt
-
-
-def _select(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
-    weight = linear.weight.detach()
-    weight = weight[rows] if rows is not None else weight
-    weight = weight[:, cols] if cols is not None else weight
-    small = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None)
-    small = small.to(device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        small.weight.copy_(weight)
-        if linear.bias is not None:
-            small.bias.copy_(linear.bias.detach()[rows] if rows is not None else linear.bias.detach())
-    return small
-
-
-def rebuild_heads(model: nn.Module, plan: MaskPlan, example_inputs: torch.Tensor | None = None) -> nn.Module:
-    """A copy of ``model`` whose attention modules keep only their surviving heads (smaller q/k/v/out)."""
-    rebuilt = _masked_copy(model, plan)
-    for layer, kept in plan.kept_units.items():
-        attn = rebuilt.get_submodule(layer)
-        head_dim = attn.q.out_features // attn.num_heads
-        rows = (kept.cpu().sort().values[:, None] * head_dim + torch.arange(head_dim)).flatten()
-        attn.q, attn.k, attn.v = (_select(getattr(attn, p), rows=rows) for p in ("q", "k", "v"))
-        attn.out = _select(attn.out, cols=rows)
-        attn.num_heads = kept.numel()
-    return rebuilt
-
-
-REBUILDERS.update({"layer": rebuild_modules, "block": rebuild_modules, "head": rebuild_heads})

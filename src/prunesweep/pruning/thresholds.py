@@ -19,17 +19,14 @@ import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
+from torch import nn
 
 from prunesweep.pruning._util import registrar
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from prunesweep.pruning.spec import PruningSpec
-    from prunesweep.pruning.units import Granularity
+from prunesweep.pruning.spec import PruningSpec
+from prunesweep.pruning.units import Granularity
 
 
 # --------------------------------------------------------------------------------------------- normalisers
@@ -137,7 +134,7 @@ def _max_or_none(values: torch.Tensor) -> float | None:
     return float(values.max()) if values.numel() else None
 
 
-def _lowest(flat: torch.Tensor, k: int) -> torch.Tensor:
+def lowest(flat: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of the ``k`` lowest entries, chosen with ``torch.topk(largest=False)`` exactly like
     ``torch.nn.utils.prune.L1Unstructured`` so ties break identically."""
     pruned = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
@@ -146,19 +143,52 @@ def _lowest(flat: torch.Tensor, k: int) -> torch.Tensor:
     return pruned
 
 
+def resolved_normalize(normalize: str, granularity: type[Granularity]) -> str:
+    """The normaliser actually used by the global threshold for ``pruning.normalize=normalize``.
+
+    ``auto`` means ``none`` for unstructured (so global+l1 is *exactly* ``prune.global_unstructured``) and for
+    coarse units (layer/block/head), and ``mean`` for channels. Raw per-channel norms are not comparable across
+    layers: with PyTorch's default init a unit's L1 norm grows like sqrt(fan_in), so LeNet5's conv1 filters (fan_in
+    25) would all go before any fc1 neuron (fan_in 800). Dividing by the layer mean makes scores scale-free per
+    layer while keeping each layer's spread, is what Torch-Pruning's importances default to, and unlike ``max`` it
+    is not driven by one outlier unit. LAMP stays available but was designed for per-weight scores.
+    """
+    if normalize != "auto":
+        return normalize
+    # Coarse scores are comparable across groups by construction (size-normalised magnitudes, loss deltas,
+    # contribution norms), and a group of 2-4 units has no meaningful mean to divide by.
+    return "mean" if granularity.structured and not granularity.coarse else "none"
+
+
 class Threshold:
     """Base class: ``select(scores, sparsity) -> Allocation``."""
 
     name: ClassVar[str] = ""
     #: True for methods that must measure the model (``calibrate``) before they can ``select``.
     needs_calibration: ClassVar[bool] = False
+    #: True when ``pruning.normalize`` changes what this method does (otherwise a set value is noted as ignored).
+    uses_normalize: ClassVar[bool] = False
+    #: True when ``pruning.layer_sparsity`` changes what this method does.
+    uses_layer_sparsity: ClassVar[bool] = False
+    #: Why :meth:`accepts` refuses some granularities (quoted in the config error).
+    why_restricted: ClassVar[str] = ""
 
     def __init__(self, min_keep: int = 0) -> None:
         self.min_keep = min_keep
 
     @classmethod
-    def from_spec(cls, spec: PruningSpec, structured: bool) -> Threshold:
-        return cls(min_keep=1 if structured else 0)
+    def accepts(cls, granularity: type[Granularity]) -> bool:
+        """Whether this method is defined for units of ``granularity`` (read from its capabilities)."""
+        return True
+
+    @classmethod
+    def from_spec(cls, spec: PruningSpec, granularity: type[Granularity]) -> Threshold:
+        """Set up for ``spec``; structured granularities keep at least one unit per layer or group."""
+        return cls(min_keep=1 if granularity.structured else 0)
+
+    def layer_target(self, layer: str, sparsity: float) -> float:
+        """The fraction of ``layer``'s units this method aims to remove (reported per layer)."""
+        return sparsity
 
     @property
     def calibrated(self) -> bool:
@@ -198,15 +228,17 @@ class Global(Threshold):
     With ``normalize="none"`` and |w| scores this is exactly ``prune.global_unstructured(L1Unstructured)``.
     """
 
+    uses_normalize = True
+
     def __init__(self, normalize: str = "none", min_keep: int = 0) -> None:
         super().__init__(min_keep)
         self.normalize = normalize
 
     @classmethod
-    def from_spec(cls, spec: PruningSpec, structured: bool) -> Global:
-        from prunesweep.pruning.spec import resolved_normalize  # local: spec imports this module
-
-        return cls(normalize=resolved_normalize(spec), min_keep=1 if structured else 0)
+    def from_spec(cls, spec: PruningSpec, granularity: type[Granularity]) -> Global:
+        return cls(
+            normalize=resolved_normalize(spec.normalize, granularity), min_keep=1 if granularity.structured else 0
+        )
 
     def promised(self, sizes, sparsity):
         return {tuple(sizes): round(sparsity * sum(sizes.values()))}
@@ -224,7 +256,7 @@ class Global(Threshold):
             alloc.notes.append(f"{pinned} units were already pruned, more than the target {k}: kept them pruned")
             alloc.adjusted.update(n for n, f in zip(names, flats, strict=True) if torch.isneginf(f).any())
             k = pinned
-        pruned = _lowest(cat, k)
+        pruned = lowest(cat, k)
         per_layer = list(torch.split(pruned, sizes))
         emptied = [n for n, p in zip(names, per_layer, strict=True) if int((~p).sum()) < self.min_keep]
         if emptied:
@@ -240,7 +272,7 @@ class Global(Threshold):
             if k > capacity:
                 alloc.adjusted.update(names)
                 k = capacity
-            pruned = _lowest(protected, k)
+            pruned = lowest(protected, k)
             per_layer = list(torch.split(pruned, sizes))
             alloc.floored.extend(emptied)
         cut = _max_or_none(cat[pruned])
@@ -257,26 +289,28 @@ class Layerwise(Threshold):
     ``s_layer = layer_sparsity.get(layer, s)``. With |w| scores this is exactly ``prune.l1_unstructured``.
     """
 
+    uses_layer_sparsity = True
+
     def __init__(self, layer_sparsity: Mapping[str, float] | None = None, min_keep: int = 0) -> None:
         super().__init__(min_keep)
         self.layer_sparsity = dict(layer_sparsity or {})
 
     @classmethod
-    def from_spec(cls, spec: PruningSpec, structured: bool) -> Layerwise:
-        return cls(layer_sparsity=spec.layer_sparsity, min_keep=1 if structured else 0)
+    def from_spec(cls, spec: PruningSpec, granularity: type[Granularity]) -> Layerwise:
+        return cls(layer_sparsity=spec.layer_sparsity, min_keep=1 if granularity.structured else 0)
 
-    def target(self, layer: str, sparsity: float) -> float:
+    def layer_target(self, layer: str, sparsity: float) -> float:
         return float(self.layer_sparsity.get(layer, sparsity))
 
     def promised(self, sizes, sparsity):
-        return {(n,): round(self.target(n, sparsity) * size) for n, size in sizes.items()}
+        return {(n,): round(self.layer_target(n, sparsity) * size) for n, size in sizes.items()}
 
     def select(self, scores, sparsity):
         alloc = Allocation(keep={})
         for name, score in scores.items():
             flat = score.reshape(-1)
             n = flat.numel()
-            k = round(self.target(name, sparsity) * n)
+            k = round(self.layer_target(name, sparsity) * n)
             pinned = int(torch.isneginf(flat).sum())
             if k < pinned:
                 alloc.notes.append(f"{name}: {pinned} units already pruned, more than the target {k}")
@@ -286,7 +320,7 @@ class Layerwise(Threshold):
                 alloc.floored.append(name)
                 alloc.adjusted.add(name)
                 k = n - self.min_keep
-            pruned = _lowest(flat, k)
+            pruned = lowest(flat, k)
             alloc.keep[name] = (~pruned).reshape(score.shape)
             alloc.info[name] = {"threshold": _max_or_none(flat[pruned])}
         return alloc
@@ -308,14 +342,21 @@ class Statistical(Threshold):
     (0.3, 0.52)
     """
 
+    why_restricted = "it fits a distribution to each group's scores, and a group has only a handful of units"
+
     def __init__(self, distribution: str = "normal", k: float | None = None, min_keep: int = 0) -> None:
         super().__init__(min_keep)
         self.distribution = distribution
         self.k = k
 
     @classmethod
-    def from_spec(cls, spec: PruningSpec, structured: bool) -> Statistical:
-        return cls(distribution=spec.stat_distribution, k=spec.stat_k, min_keep=1 if structured else 0)
+    def accepts(cls, granularity: type[Granularity]) -> bool:
+        return not granularity.coarse
+
+    @classmethod
+    def from_spec(cls, spec: PruningSpec, granularity: type[Granularity]) -> Statistical:
+        min_keep = 1 if granularity.structured else 0
+        return cls(distribution=spec.stat_distribution, k=spec.stat_k, min_keep=min_keep)
 
     def select(self, scores, sparsity):
         fit_fn, quantile = DISTRIBUTIONS[self.distribution]

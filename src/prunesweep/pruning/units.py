@@ -32,12 +32,31 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from prunesweep.pruning._util import clone_model, effective_param, is_reparametrized, pruned_tensor_names, registrar
+from prunesweep.pruning._util import (
+    clone_model,
+    effective_param,
+    is_reparametrized,
+    model_device,
+    pruned_tensor_names,
+    registrar,
+)
 
 GRANULARITIES: dict[str, type[Granularity]] = {}
 
 
 register_granularity = registrar(GRANULARITIES, "pruning.granularity")
+
+
+def dependency_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's coupling graph of ``model``, traced on ``example_inputs`` (moved to the model's device).
+
+    The one place that traces, for the channel granularity and for the physical rebuild. Torch-Pruning traces
+    through autograd (callers may be under ``no_grad``); free parameters (a ViT's cls/pos embeddings) are never
+    pruned here, so its warning about them is noise.
+    """
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs.to(model_device(model)))
 
 
 class Granularity:
@@ -165,12 +184,7 @@ class Channel(Granularity):
             for tensor_name in pruned_tensor_names(module):
                 torch.nn.utils.prune.remove(module, tensor_name)
         clean.eval()
-        device = next(clean.parameters()).device
-        # Torch-Pruning traces through autograd (callers may be under no_grad); free parameters (a ViT's
-        # cls/pos embeddings) are never pruned here, so its warning about them is noise.
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            self._graph = tp.DependencyGraph().build_dependency(clean, example_inputs=example_inputs.to(device))
+        self._graph = dependency_graph(clean, example_inputs)
         self._clean = clean
         self._names = {module: name for name, module in clean.named_modules()}
         return self
