@@ -36,9 +36,11 @@ from prunesweep.config import (
 from prunesweep.lit import evaluate, fit
 from prunesweep.pruning import (
     GRANULARITIES,
+    IMPORTANCES,
     MaskPlan,
     PruningSpec,
     SensitivityCurves,
+    Threshold,
     architecture,
     compute_masks,
     count_macs,
@@ -51,8 +53,6 @@ from prunesweep.pruning import (
     size_bytes,
     sparse_export,
 )
-from prunesweep.pruning.importance import IMPORTANCES
-from prunesweep.pruning.thresholds import Threshold
 from prunesweep.schedules import SCHEDULES, ScheduleJob, masking_prune
 from prunesweep.tracking import PointRun, open_store, run_name
 

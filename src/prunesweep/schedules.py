@@ -18,10 +18,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from prunesweep.pruning import MaskPlan, PruningSpec, apply_masks, compute_masks
+from prunesweep.pruning import MaskPlan, PruningSpec, Threshold, apply_masks, compute_masks
 from prunesweep.pruning.callback import PruningCallback
 from prunesweep.pruning.schedule import GradualSchedule, iterative_targets
-from prunesweep.pruning.thresholds import Threshold
 
 log = logging.getLogger("prunesweep")
 
