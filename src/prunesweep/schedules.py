@@ -149,6 +149,8 @@ def iterative(job: ScheduleJob) -> ScheduleResult:
 
 def gradual(job: ScheduleJob) -> ScheduleResult:
     """Zhu & Gupta's AGP: the masks tighten every few steps during fine-tuning, along a cubic, then stay."""
+    if job.rewind is not None:  # config validation refuses it first; a job built by hand must not be ignored either
+        raise ValueError("the gradual schedule does not rewind: it prunes during training (Schedule.rewinds)")
     agp = GradualSchedule.over(job.sparsity, job.finetune_steps, job.gradual_end_fraction, job.gradual_frequency)
     final: dict[str, float] = {}
     callback = PruningCallback(
