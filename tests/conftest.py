@@ -7,10 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from prunesweep.cli import CONF_DIR, register_sweeps
+from prunesweep.bench.settings import point_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,12 +52,11 @@ def smoke_sweep_command(tmp_path: Path, store_uri: str) -> Callable[..., list[st
 
 @pytest.fixture
 def make_cfg() -> Callable[..., DictConfig]:
-    """Compose conf/config.yaml with overrides, as the `prunesweep` command would (without running it)."""
-    register_sweeps()
+    """Compose conf/config.yaml with overrides, as the `prunesweep` command would (without running it);
+    the bench composes its configs with the same function."""
 
     def _compose(*overrides: str, hydra_cfg: bool = False) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=list(overrides), return_hydra_config=hydra_cfg)
+        return point_config(*overrides, return_hydra_config=hydra_cfg)
 
     return _compose
 

@@ -158,3 +158,35 @@ def test_lr_schedule_is_optional_and_checked(make_cfg):
     validate(make_cfg("model=resnet", "train=resnet"))
     with pytest.raises(ConfigError, match=r"train.lr_schedule='step' is not allowed; choose one of: constant, cosine"):
         validate(make_cfg("train=resnet", "train.lr_schedule=step"))
+
+
+def test_rewind_is_refused_by_name_where_a_schedule_cannot_rewind(make_cfg):
+    """gradual prunes during training: there is no moment to rewind at, so the option is refused, not ignored
+    (an ignored option would also give two identical points different config hashes)."""
+    with pytest.raises(ConfigError) as info:
+        validate(make_cfg("pruning.schedule=gradual", "pruning.rewind=init"))
+    message = str(info.value)
+    assert "pruning.rewind='init'" in message and "pruning.schedule=gradual" in message
+    assert "oneshot, iterative" in message  # where it does apply
+    for schedule in ("oneshot", "iterative"):
+        validate(make_cfg(f"pruning.schedule={schedule}", "pruning.rewind=init"))
+    validate(make_cfg("pruning.schedule=gradual"))  # without rewind, gradual is fine
+
+
+def test_schedule_names_come_from_the_registry(make_cfg):
+    from prunesweep import config, schedules
+
+    assert config.SCHEDULES == tuple(schedules.SCHEDULES) == ("oneshot", "iterative", "gradual")
+    with pytest.raises(ConfigError, match="choose one of: oneshot, iterative, gradual"):
+        validate(make_cfg("pruning.schedule=agp"))
+
+
+def test_data_limits_come_from_the_dataset_spec(make_cfg):
+    from prunesweep.data import DATASETS
+
+    images = DATASETS["mnist"].train_images
+    validate(make_cfg(f"data.train_subset={images - 5000}"))  # everything but the default validation split
+    with pytest.raises(ConfigError, match=rf"data.train_subset={images - 4999} is out of range"):
+        validate(make_cfg(f"data.train_subset={images - 4999}"))
+    with pytest.raises(ConfigError, match=rf"data.val_size={images} is out of range"):
+        validate(make_cfg(f"data.val_size={images}"))

@@ -14,15 +14,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from prunesweep import schedules
+from prunesweep.data import DATASETS
 from prunesweep.lit import LR_SCHEDULES
 from prunesweep.models import MODELS, build_model
 from prunesweep.pruning import PruningConfigError, PruningSpec, validate_spec
-from prunesweep.storage import ensure_writable
+from prunesweep.storage import SQLITE_PREFIX, ensure_writable
 
-DATASETS = ("mnist", "fashion_mnist")
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("oneshot", "iterative", "gradual")
-TRAIN_IMAGES = 60_000  # both MNIST and Fashion-MNIST
+SCHEDULES = tuple(schedules.SCHEDULES)  # the names; the functions live in prunesweep.schedules
+REWINDING_SCHEDULES = tuple(name for name, schedule in schedules.SCHEDULES.items() if schedule.rewinds)
 
 # Keys that change how a run is executed or where it is stored, not what it computes.
 # They are left out of the config hash, so a resumed sweep recognises its finished points.
@@ -49,15 +50,31 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "seed", low=0)
     if cfg.get("threads") is not None:
         _integer(cfg, "threads", low=1)
+    _check_data(cfg)
+    _check_model(cfg)
+    _check_recipes(cfg)
+    _check_schedule(cfg)
+    _number(cfg, "pruning.sparsity", low=0.0, high=1.0, high_inclusive=False)
+    try:
+        validate_spec(pruning_spec(cfg), build_model(str(cfg.model.name)))
+    except PruningConfigError as err:
+        raise ConfigError(str(err)) from None
+    _check_tracking(cfg)
 
-    _choice(cfg, "data.name", DATASETS)
-    _integer(cfg, "data.val_size", low=1, high=TRAIN_IMAGES - 1)
+
+def _check_data(cfg: DictConfig) -> None:
+    _choice(cfg, "data.name", tuple(DATASETS))
+    images = DATASETS[str(cfg.data.name)].train_images
+    _integer(cfg, "data.val_size", low=1, high=None if images is None else images - 1)
     if cfg.data.get("train_subset") is not None:
-        _integer(cfg, "data.train_subset", low=1, high=TRAIN_IMAGES - int(cfg.data.val_size))
+        high = None if images is None else images - int(cfg.data.val_size)
+        _integer(cfg, "data.train_subset", low=1, high=high)
     root = Path(str(cfg.data.root)).expanduser()
     if root.exists() and not root.is_dir():
         raise ConfigError(f"data.root={cfg.data.root!r} is a file; it must be a directory (or not exist yet)")
 
+
+def _check_model(cfg: DictConfig) -> None:
     _choice(cfg, "model.name", tuple(MODELS))
     # Hydra instantiates these: only prunesweep's own classes, never an arbitrary callable from a command line.
     for group in ("data", "model"):
@@ -65,6 +82,8 @@ def validate(cfg: DictConfig) -> None:
         if not target.startswith("prunesweep."):
             raise ConfigError(f"{group}._target_={target!r} is not allowed; only prunesweep.* classes are built")
 
+
+def _check_recipes(cfg: DictConfig) -> None:
     for stage in ("train", "finetune"):
         _integer(cfg, f"{stage}.epochs", low=1)
         _number(cfg, f"{stage}.lr", low=0.0, low_inclusive=False)
@@ -75,6 +94,8 @@ def validate(cfg: DictConfig) -> None:
             _choice(cfg, f"{stage}.lr_schedule", LR_SCHEDULES)
     _integer(cfg, "train.batch_size", low=1)
 
+
+def _check_schedule(cfg: DictConfig) -> None:
     _choice(cfg, "pruning.schedule", SCHEDULES)
     _integer(cfg, "pruning.rounds", low=1)
     _integer(cfg, "pruning.gradual.frequency", low=1)
@@ -86,23 +107,28 @@ def validate(cfg: DictConfig) -> None:
             f"pruning.rewind={rewind!r} is not allowed; use null, init, or an epoch 0..{int(cfg.train.epochs) - 1} "
             "of dense training to rewind the surviving weights to"
         )
-    schedule = cfg.train.get("lr_schedule") or "constant"
-    if epoch_ok and rewind > 0 and schedule != "constant":
+    schedule = str(cfg.pruning.schedule)
+    if rewind is not None and not schedules.SCHEDULES[schedule].rewinds:
+        # Refused rather than ignored: the run would otherwise differ in config hash from an identical one.
+        raise ConfigError(
+            f"pruning.rewind={rewind!r} does not apply to pruning.schedule={schedule}: it prunes during "
+            "training, so there is no point between pruning and training to rewind at; use pruning.rewind=null, "
+            f"or one of the schedules that rewind: {', '.join(REWINDING_SCHEDULES)}"
+        )
+    lr_schedule = cfg.train.get("lr_schedule") or "constant"
+    if epoch_ok and rewind > 0 and lr_schedule != "constant":
         # The epoch-k snapshot is made by training k epochs, which replays the full run only at a constant lr.
         raise ConfigError(
-            f"pruning.rewind={rewind} needs train.lr_schedule=constant (it is {schedule!r}): a {schedule} schedule "
-            "over k epochs is not the first k epochs of the full run; use pruning.rewind=init"
+            f"pruning.rewind={rewind} needs train.lr_schedule=constant (it is {lr_schedule!r}): a {lr_schedule} "
+            "schedule over k epochs is not the first k epochs of the full run; use pruning.rewind=init"
         )
-    _number(cfg, "pruning.sparsity", low=0.0, high=1.0, high_inclusive=False)
-    try:
-        validate_spec(pruning_spec(cfg), build_model(str(cfg.model.name)))
-    except PruningConfigError as err:
-        raise ConfigError(str(err)) from None
 
+
+def _check_tracking(cfg: DictConfig) -> None:
     uri = str(cfg.tracking.uri)
-    if not uri.startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql")):
+    if not uri.startswith((SQLITE_PREFIX, "http://", "https://", "postgresql", "mysql")):
         raise ConfigError(
-            f"tracking.uri={uri!r} is not a supported MLflow store; use sqlite:///path/to/mlflow.db "
+            f"tracking.uri={uri!r} is not a supported MLflow store; use {SQLITE_PREFIX}path/to/mlflow.db "
             "or the http://127.0.0.1:PORT of an `mlflow server` (MLflow refuses the old ./mlruns file store)"
         )
     if not str(cfg.tracking.experiment).strip():

@@ -10,7 +10,7 @@ import dataclasses
 import io
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +33,14 @@ from prunesweep.config import (
     sensitivity_key,
     validate,
 )
-from prunesweep.lit import Classifier, evaluate
+from prunesweep.lit import evaluate, fit
 from prunesweep.pruning import (
+    GRANULARITIES,
+    IMPORTANCES,
     MaskPlan,
     PruningSpec,
     SensitivityCurves,
-    apply_masks,
+    Threshold,
     architecture,
     compute_masks,
     count_macs,
@@ -51,12 +53,8 @@ from prunesweep.pruning import (
     size_bytes,
     sparse_export,
 )
-from prunesweep.pruning.callback import PruningCallback
-from prunesweep.pruning.importance import IMPORTANCES
-from prunesweep.pruning.schedule import GradualSchedule, iterative_targets
-from prunesweep.pruning.thresholds import Threshold
+from prunesweep.schedules import SCHEDULES, ScheduleJob, masking_prune
 from prunesweep.tracking import PointRun, open_store, run_name
-from prunesweep.tracking.lightning import EpochMetrics
 
 log = logging.getLogger("prunesweep")
 
@@ -98,20 +96,8 @@ def run(cfg: DictConfig, sweep: SweepContext | None = None) -> dict[str, Any]:
         importance=str(p.importance),
         schedule=str(p.schedule),
     )
-    tags = {
-        "config_hash": point_hash,
-        "model": cfg.model.name,
-        "dataset": cfg.data.name,
-        "granularity": p.granularity,
-        "threshold": p.threshold,
-        "importance": p.importance,
-        "schedule": p.schedule,
-        "sparsity_target": f"{float(p.sparsity):.4f}",
-        "seed": cfg.seed,
-    }
-    if sweep.sweep_id:
-        tags["sweep_id"] = sweep.sweep_id
-    point = PointRun(store, name, {k: str(v) for k, v in tags.items()}, flatten(plain(cfg)), sweep.parent_run_id)
+    tags = _tags(cfg, point_hash, sweep)
+    point = PointRun(store, name, tags, flatten(plain(cfg)), sweep.parent_run_id)
     log.info("MLflow run %s (%s) in %s", name, point.run_id, store.uri)
     try:
         result = _pipeline(cfg, point)
@@ -125,13 +111,40 @@ def run(cfg: DictConfig, sweep: SweepContext | None = None) -> dict[str, Any]:
     return {"status": "finished", "run_id": point.run_id, **result}
 
 
-def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
-    pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
-    point.log_text(OmegaConf.to_yaml(OmegaConf.create(plain(cfg))), "config.yaml")
+def _tags(cfg: DictConfig, point_hash: str, sweep: SweepContext) -> dict[str, str]:
+    """The run's tags: what the point is (the swept keys among them), for filtering in MLflow and the report."""
+    p = cfg.pruning
+    tags = {
+        "config_hash": point_hash,
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "granularity": p.granularity,
+        "threshold": p.threshold,
+        "importance": p.importance,
+        "schedule": p.schedule,
+        "sparsity_target": f"{float(p.sparsity):.4f}",
+        "seed": cfg.seed,
+    }
+    if p.get("rewind") is not None:
+        tags["rewind"] = p.rewind  # "init", or the dense epoch the surviving weights go back to
+    if sweep.sweep_id:
+        tags["sweep_id"] = sweep.sweep_id
+    return {k: str(v) for k, v in tags.items()}
 
-    datamodule = instantiate(cfg.data, log=log.info)
+
+def setup_data(cfg: DictConfig, log_fn: Callable[[str], None] = log.info) -> pl.LightningDataModule:
+    """``cfg.data`` instantiated, its files fetched and verified, its tensors loaded and split."""
+    datamodule = instantiate(cfg.data, log=log_fn)
     datamodule.prepare_data()
     datamodule.setup()
+    return datamodule
+
+
+def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
+    """data → dense model → the schedule (prune, rewind, fine-tune) → measure → log."""
+    pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
+    point.log_text(OmegaConf.to_yaml(OmegaConf.create(plain(cfg))), "config.yaml")
+    datamodule = setup_data(cfg)
     test_batches = datamodule.test_dataloader()
 
     model = _dense(cfg, datamodule, point, int(cfg.train.epochs))
@@ -140,104 +153,88 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     log.info("dense test accuracy %.4f", acc["dense"])
 
     spec = pruning_spec(cfg)
-    calib = None
-    if IMPORTANCES[spec.importance].requires_calibration:
-        available = len(datamodule.train_dataloader())
-        if spec.calib_batches > available:
-            log.warning(
-                "pruning.calib_batches=%d but the training set has %d batches; using %d",
-                spec.calib_batches,
-                available,
-                available,
-            )
-        calib = datamodule.calibration_batches(min(spec.calib_batches, available))
-
     # One threshold object for every step of a schedule: one that measures the model (sensitivity) does so
     # once, on the validation split, before any weight is pruned.
     threshold = make_threshold(spec)
-    if threshold.needs_calibration:
-        _calibrate(cfg, spec, model, threshold, calib, list(datamodule.val_dataloader()), point)
-
-    def prune_to(target: float, previous: MaskPlan | None) -> MaskPlan:
-        plan = compute_masks(
-            model, dataclasses.replace(spec, sparsity=target), calib, previous=previous, threshold=threshold
-        )
-        apply_masks(model, plan)
-        return plan
-
-    schedule = str(cfg.pruning.schedule)
-    fine = cfg.finetune
-    if schedule == "oneshot":
-        plan = prune_to(spec.sparsity, None)
-        if cfg.pruning.get("rewind") is not None:
-            _rewind(model, _rewind_state(cfg, datamodule, point))
-        acc["pruned"] = evaluate(model, test_batches)
-        _fit(
-            model,
-            datamodule,
-            fine,
-            fine.epochs,
-            cfg.trainer,
-            point,
-            callbacks=[PruningCallback(model, plan=plan)],
-        )
-    elif schedule == "iterative":
-        rounds = int(cfg.pruning.rounds)
-        epochs = max(1, math.ceil(int(fine.epochs) / rounds))
-        plan = None
-        for index, target in enumerate(iterative_targets(spec.sparsity, rounds)):
-            plan = prune_to(target, plan)
-            acc["pruned"] = evaluate(model, test_batches)
-            log.info(
-                "round %d/%d: sparsity target %.4f, pruned accuracy %.4f",
-                index + 1,
-                rounds,
-                target,
-                acc["pruned"],
-            )
-            _fit(
-                model,
-                datamodule,
-                fine,
-                epochs,
-                cfg.trainer,
-                point,
-                callbacks=[PruningCallback(model, plan=plan)],
-                prefix=f"round{index + 1}/",
-            )
-    else:  # gradual
-        total_steps = int(fine.epochs) * len(datamodule.train_dataloader())
-        agp = GradualSchedule.over(
-            spec.sparsity,
-            total_steps,
-            float(cfg.pruning.gradual.end_fraction),
-            int(cfg.pruning.gradual.frequency),
-        )
-        final: dict[str, float] = {}
-        callback = PruningCallback(
-            model,
-            prune=prune_to,
-            schedule=agp,
-            on_final=lambda _plan: final.setdefault("pruned", evaluate(model, test_batches)),
-        )
-        _fit(model, datamodule, fine, fine.epochs, cfg.trainer, point, callbacks=[callback])
-        plan = callback.plan
-        acc["pruned"] = final["pruned"]
-    assert plan is not None
+    result = SCHEDULES[str(cfg.pruning.schedule)](_schedule_job(cfg, spec, threshold, model, datamodule, point))
+    acc["pruned"] = result.acc_pruned
     acc["finetuned"] = evaluate(model, test_batches)
-    regrown = masked_nonzero(model, plan)
+    regrown = masked_nonzero(model, result.plan)
     if regrown:
         raise RuntimeError(f"{regrown} pruned weights grew back during fine-tuning")
 
-    metrics, layers = _measure(cfg, spec, dense, model, plan, next(iter(test_batches))[0], point)
+    metrics, layers = _measure(cfg, spec, dense, model, result.plan, next(iter(test_batches))[0], point)
     metrics.update({f"acc/{k}": v for k, v in acc.items()})
+    metrics["finetune/steps"] = result.finetune_steps
     point.log_metrics(metrics)
     _log_artifacts(point, cfg, acc, layers, dense, model)
     curves = getattr(threshold, "curves", None)
     if curves is not None:
-        _log_sensitivity(point, pd.DataFrame(curves.rows()), plan)
-    _print_summary(acc, layers, metrics, plan)
+        _log_sensitivity(point, pd.DataFrame(curves.rows()), result.plan)
+    _print_summary(acc, layers, metrics, result.plan)
     return metrics
+
+
+def _schedule_job(
+    cfg: DictConfig,
+    spec: PruningSpec,
+    threshold: Threshold,
+    model: nn.Module,
+    datamodule: pl.LightningDataModule,
+    point: PointRun,
+) -> ScheduleJob:
+    """What a schedule works with: pruning, evaluating, fine-tuning and rewinding this point's model."""
+    calib = _calibration_batches(spec, datamodule)
+    if threshold.needs_calibration:
+        _calibrate(cfg, spec, model, threshold, calib, list(datamodule.val_dataloader()), point)
+    test_batches = datamodule.test_dataloader()
+    steps_per_epoch = len(datamodule.train_dataloader())
+
+    def finetune(callbacks: Sequence[pl.Callback], steps: int | None = None, prefix: str = "") -> int:
+        trainer = fit(
+            model,
+            datamodule.train_dataloader(),
+            datamodule.val_dataloader(),
+            cfg.finetune,
+            cfg.trainer,
+            epochs=None if steps is None else math.ceil(steps / steps_per_epoch),
+            max_steps=steps,
+            log_metrics=point.log_metrics,
+            prefix=prefix,
+            callbacks=callbacks,
+        )
+        return trainer.global_step
+
+    return ScheduleJob(
+        model=model,
+        sparsity=spec.sparsity,
+        prune=masking_prune(model, spec, calib, threshold),
+        evaluate=lambda: evaluate(model, test_batches),
+        finetune=finetune,
+        epochs=int(cfg.finetune.epochs),
+        steps_per_epoch=steps_per_epoch,
+        rounds=int(cfg.pruning.rounds),
+        gradual_end_fraction=float(cfg.pruning.gradual.end_fraction),
+        gradual_frequency=int(cfg.pruning.gradual.frequency),
+        rewind=_rewinder(cfg, datamodule, point, model),
+    )
+
+
+def _calibration_batches(
+    spec: PruningSpec, datamodule: pl.LightningDataModule
+) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The training batches an importance that needs data scores with (None for the others)."""
+    if not IMPORTANCES[spec.importance].requires_calibration:
+        return None
+    available = len(datamodule.train_dataloader())
+    if spec.calib_batches > available:
+        log.warning(
+            "pruning.calib_batches=%d but the training set has %d batches; using %d",
+            spec.calib_batches,
+            available,
+            available,
+        )
+    return datamodule.calibration_batches(min(spec.calib_batches, available))
 
 
 def _calibrate(
@@ -264,34 +261,6 @@ def _calibrate(
     point.set_tags({"sensitivity_cached": not measured})
 
 
-def _fit(
-    model: nn.Module,
-    datamodule: pl.LightningDataModule,
-    stage: DictConfig,
-    epochs: int,
-    trainer_cfg: DictConfig,
-    point: PointRun,
-    callbacks: list[pl.Callback] | None = None,
-    prefix: str = "",
-) -> None:
-    module = Classifier(
-        model,
-        lr=float(stage.lr),
-        optimizer=str(stage.optimizer),
-        momentum=float(stage.get("momentum", 0.9)),
-        weight_decay=float(stage.get("weight_decay", 0.0)),
-        lr_schedule=str(stage.get("lr_schedule", "constant")),
-    )
-    trainer = pl.Trainer(
-        **OmegaConf.to_container(trainer_cfg, resolve=True),
-        max_epochs=int(epochs),
-        logger=False,
-        enable_checkpointing=False,
-        callbacks=[EpochMetrics(point.log_metrics, prefix=prefix), *(callbacks or [])],
-    )
-    trainer.fit(module, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader())
-
-
 def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun, epochs: int) -> nn.Module:
     """The dense model after ``epochs`` of the training recipe: from the cache, or trained (and cached) now."""
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)  # same init for every epochs
@@ -304,18 +273,43 @@ def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun,
         key_cfg.train.epochs = epochs
     full = epochs == int(cfg.train.epochs)
     prefix = "dense/" if full else f"rewind{epochs}/"
-    trained = cache.dense_or_train(
-        cfg.paths.dense_cache,
-        dense_key(key_cfg),
-        model,
-        train=lambda: _fit(model, datamodule, cfg.train, epochs, cfg.trainer, point, prefix=prefix),
-        log=log.info,
-    )
+
+    def train() -> None:
+        train_batches, val_batches = datamodule.train_dataloader(), datamodule.val_dataloader()
+        fit(
+            model,
+            train_batches,
+            val_batches,
+            cfg.train,
+            cfg.trainer,
+            epochs=epochs,
+            log_metrics=point.log_metrics,
+            prefix=prefix,
+        )
+
+    trained = cache.dense_or_train(cfg.paths.dense_cache, dense_key(key_cfg), model, train=train, log=log.info)
     point.set_tags({"dense_cached" if full else f"rewind{epochs}_cached": not trained})
     return model
 
 
-def _rewind_state(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun) -> dict[str, torch.Tensor]:
+def _rewinder(
+    cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun, model: nn.Module
+) -> Callable[[], None] | None:
+    """``pruning.rewind`` as a function of no arguments (None when not asked for). The state to rewind to is made
+    or loaded on the first call, i.e. after the first pruning step, and reused by every later round."""
+    if cfg.pruning.get("rewind") is None:
+        return None
+    state: dict[str, torch.Tensor] = {}
+
+    def rewind() -> None:
+        if not state:
+            state.update(rewind_state(cfg, datamodule, point))
+        _rewind(model, state)
+
+    return rewind
+
+
+def rewind_state(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun) -> dict[str, torch.Tensor]:
     """Weights to rewind to: the initialisation, or the dense model after epoch k of the same run.
 
     With a constant learning rate, a fixed seed and deterministic data order, training k epochs replays the
@@ -353,27 +347,15 @@ def _measure(
         "flops/dense": count_macs(dense, input_shape, sparse=False),
         "size/dense_bytes": size_bytes(dense),
     }
-    if spec.granularity == "unstructured":
-        _, nonzero = count_params(model)
+    if GRANULARITIES[spec.granularity].structured:
+        compact = rebuild(model, plan, example[:2])
+        metrics.update(_rebuilt_metrics(compact, model, example))
+        point.set_tags({"arch/dense": architecture(dense), "arch/pruned": architecture(compact)})
+    else:
         compact = copy.deepcopy(dense)
         compact.load_state_dict(export_state_dict(model))
-        metrics["flops/remaining"] = count_macs(compact, input_shape, sparse=True)
-        _, sizes = sparse_export(compact)
-        metrics["size/pruned_bytes"] = sizes["csr_bytes"]
-        metrics["size/compressed_bytes"] = sizes["compressed_bytes"]
-    else:
-        compact = rebuild(model, plan, example[:2])
-        nonzero, _ = count_params(compact)
-        with torch.inference_mode():
-            diff = float((compact.eval()(example) - model.eval()(example)).abs().max())
-        metrics["rebuild/max_abs_diff"] = diff
-        if diff > 1e-4:
-            raise RuntimeError(f"rebuilt model differs from the masked one by {diff:.3g} (max abs)")
-        metrics["flops/remaining"] = count_macs(compact, input_shape, sparse=False)
-        metrics["size/pruned_bytes"] = size_bytes(compact)
-        point.set_tags({"arch/dense": architecture(dense), "arch/pruned": architecture(compact)})
-    metrics["params/nonzero"] = nonzero
-    metrics["sparsity/achieved"] = 1.0 - nonzero / total
+        metrics.update(_sparse_metrics(compact, model, input_shape))
+    metrics["sparsity/achieved"] = 1.0 - metrics["params/nonzero"] / total
     for batch in LATENCY_BATCHES:
         metrics[f"latency/dense_ms_b{batch}"] = latency_ms(dense, batch, input_shape=tuple(example.shape[1:]))
         metrics[f"latency/pruned_ms_b{batch}"] = latency_ms(compact, batch, input_shape=tuple(example.shape[1:]))
@@ -387,6 +369,37 @@ def _measure(
     for row in plan.layers:
         metrics[f"sparsity/{row.layer}"] = row.sparsity
     return metrics, layers
+
+
+def _sparse_metrics(compact: nn.Module, model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
+    """Unstructured: the zeros stay in place, so what shrinks is the count of nonzeros, sparse MACs and storage."""
+    _, nonzero = count_params(model)
+    _, sizes = sparse_export(compact)
+    return {
+        "params/nonzero": nonzero,
+        "flops/remaining": count_macs(compact, input_shape, sparse=True),
+        "size/pruned_bytes": sizes["csr_bytes"],
+        "size/compressed_bytes": sizes["compressed_bytes"],
+    }
+
+
+def _rebuilt_metrics(compact: nn.Module, model: nn.Module, example: torch.Tensor) -> dict[str, float]:
+    """Structured: the physically smaller model, checked to compute what the masked one does."""
+    nonzero, _ = count_params(compact)
+    was_training = model.training
+    try:
+        with torch.inference_mode():
+            diff = float((compact.eval()(example) - model.eval()(example)).abs().max())
+    finally:
+        model.train(was_training)
+    if diff > 1e-4:
+        raise RuntimeError(f"rebuilt model differs from the masked one by {diff:.3g} (max abs)")
+    return {
+        "params/nonzero": nonzero,
+        "rebuild/max_abs_diff": diff,
+        "flops/remaining": count_macs(compact, tuple((1, *example.shape[1:])), sparse=False),
+        "size/pruned_bytes": size_bytes(compact),
+    }
 
 
 def _log_artifacts(

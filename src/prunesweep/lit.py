@@ -1,15 +1,21 @@
-"""The LightningModule: image classification with cross-entropy, used for dense training and fine-tuning."""
+"""The LightningModule and :func:`fit`: image classification with cross-entropy, for dense training and
+fine-tuning. ``fit`` is the one way the experiment, the bench and the tests train a model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from prunesweep.tracking.lightning import EpochMetrics
+
 LR_SCHEDULES = ("constant", "cosine")
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Classifier(pl.LightningModule):
@@ -68,17 +74,85 @@ class Classifier(pl.LightningModule):
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
+    @classmethod
+    def from_recipe(cls, model: nn.Module, recipe: Mapping[str, Any]) -> Classifier:
+        """A Classifier with a ``train``/``finetune`` recipe's optimizer settings (absent keys: the defaults)."""
+        return cls(
+            model,
+            lr=float(recipe["lr"]),
+            optimizer=str(recipe["optimizer"]),
+            momentum=float(recipe.get("momentum", 0.9)),
+            weight_decay=float(recipe.get("weight_decay", 0.0)),
+            lr_schedule=str(recipe.get("lr_schedule") or "constant"),
+        )
+
+
+class StopAfter(pl.Callback):
+    """Stop after ``steps`` optimizer steps *through* ``should_stop``: Lightning then validates the partial last
+    epoch, which ``max_steps`` alone skips (its per-epoch metrics would repeat the previous epoch's ``val/acc``)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if trainer.global_step >= self.steps:
+            trainer.should_stop = True
+
+
+def fit(
+    model: nn.Module,
+    train: Batches,
+    val: Batches | None,
+    recipe: Mapping[str, Any],
+    trainer_cfg: Mapping[str, Any],
+    *,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    log_metrics: Callable[[Mapping[str, float], int], None] | None = None,
+    prefix: str = "",
+    callbacks: Sequence[pl.Callback] = (),
+) -> pl.Trainer:
+    """Train ``model`` in place with a recipe (``lr``, ``optimizer``, ``momentum``, ``weight_decay``,
+    ``lr_schedule``, ``epochs``) under a Trainer built from ``trainer_cfg``; return the trainer, whose
+    ``global_step`` is the number of optimizer steps taken.
+
+    ``epochs`` overrides the recipe's; ``max_steps`` stops earlier, after that many steps (the last epoch is
+    then partial, and a cosine schedule decays over the steps). ``log_metrics(metrics, epoch)`` receives
+    ``<prefix>train/loss`` and ``<prefix>val/acc`` once per epoch. No logger and no checkpoints: runs are
+    recorded by the caller.
+    """
+    extra: list[pl.Callback] = [] if log_metrics is None else [EpochMetrics(log_metrics, prefix=prefix)]
+    if max_steps is not None:
+        extra.append(StopAfter(max_steps))
+    settings = OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else trainer_cfg
+    trainer = pl.Trainer(
+        **dict(settings),
+        max_epochs=int(recipe["epochs"] if epochs is None else epochs),
+        max_steps=-1 if max_steps is None else int(max_steps),
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[*extra, *callbacks],
+    )
+    trainer.fit(Classifier.from_recipe(model, recipe), train_dataloaders=train, val_dataloaders=val)
+    return trainer
+
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 accuracy of ``model`` over ``batches``: a plain loop, no Trainer overhead."""
+def evaluate(model: nn.Module, batches: Batches) -> float:
+    """Top-1 accuracy of ``model`` over ``batches``: a plain loop, no Trainer overhead.
+
+    The model is back in the mode it had afterwards, even when a batch raises.
+    """
+    # The same pattern as prunesweep.pruning._util.eval_mode; use that once the package exports it.
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in batches:
-        correct += int((model(x).argmax(dim=1) == y).sum())
-        total += len(y)
-    model.train(was_training)
+    try:
+        for x, y in batches:
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            total += len(y)
+    finally:
+        model.train(was_training)
     if total == 0:
         raise ValueError("evaluate() got no batches")
     return correct / total

@@ -20,79 +20,20 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from matplotlib import pyplot as plt
-from omegaconf import DictConfig
 
-from prunesweep.bench.common import ForeignCPU, Result, format_table, host_tags, timed
-from prunesweep.cli import CONF_DIR, register_sweeps
-from prunesweep.data import InMemoryLoader
+from prunesweep.bench.common import ForeignCPU, Result, format_table, host_tags
+from prunesweep.bench.settings import QUICK, Settings
 from prunesweep.storage import sqlite_path
 from prunesweep.tracking import PointRun, open_store
 
 SECTIONS = ("train", "data", "prune", "channel", "unstructured", "sweep", "e2e")
 EXPERIMENT = "benchmarks"
-TRAIN_IMAGES = 55_000  # one epoch of the sweep's training set
 DISTURBED = 0.10  # other processes' share of the CPUs above which the numbers are not to be trusted
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Sizes of every comparison; ``QUICK`` shrinks them so the whole bench takes about a minute."""
-
-    train_images: int = 20_480  # 80 batches of 256 per repeat
-    train_repeats: int = 5
-    data_images: int | None = None  # None: the whole 60k epoch
-    data_repeats: int = 3
-    calib_batches: int = 8  # pruning.calib_batches' default
-    prune_repeats: int = 5
-    channel_sparsities: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)
-    latency_batches: tuple[int, ...] = (1, 256)
-    latency_rounds: int = 7
-    latency_inner: int = 10  # forwards per round; the round's median is one sample
-    unstructured_sparsities: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95, 0.99)
-    sweep_grid: tuple[str, ...] = (
-        "pruning.granularity=unstructured,channel",
-        "pruning.sparsity=0.5,0.9",
-        "pruning.threshold=global",
-    )
-    sweep_train_subset: int = 20_000
-    e2e_overrides: tuple[str, ...] = ()
-    e2e_from_sweep_cost: bool = False  # report the reuse sweep of the sweep comparison instead of running another
-    sweep_timeout_s: float = 400.0
-    e2e_timeout_s: float = 600.0
-
-
-QUICK = Settings(
-    train_images=1_024,
-    train_repeats=2,
-    data_images=10_240,
-    data_repeats=2,
-    calib_batches=2,
-    prune_repeats=2,
-    channel_sparsities=(0.5, 0.9),
-    latency_rounds=2,
-    latency_inner=3,
-    sweep_grid=("pruning.granularity=unstructured,channel", "pruning.sparsity=0.9", "pruning.threshold=global"),
-    sweep_train_subset=256,
-    e2e_overrides=("data.train_subset=256", "pruning.threshold=global", "pruning.sparsity=0.9"),  # with --only e2e
-    e2e_from_sweep_cost=True,
-    sweep_timeout_s=300.0,
-    e2e_timeout_s=300.0,
-)
-
-
-def point_config(*overrides: str) -> DictConfig:
-    """conf/config.yaml composed as the ``prunesweep`` command would, without running it."""
-    register_sweeps()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def artifact_root(uri: str) -> str | None:
@@ -106,77 +47,15 @@ def _say(message: str) -> None:
 
 
 def run_sections(settings: Settings, sections: Sequence[str], workdir: Path, e2e_sweep: str) -> list[Result]:
-    """Every selected comparison in a fixed order; the slow subprocess sweeps come last."""
-    from prunesweep.bench import data, pruning, sweeps, train  # heavy imports only once argparse is done
+    """Every selected comparison in a fixed order (the slow subprocess sweeps last), each with the share of the
+    CPU that other processes took while it ran; a last ``host`` result sums that up."""
+    from prunesweep.bench.sections import Sections  # heavy imports only once argparse is done
 
-    cfg = point_config("trainer.enable_progress_bar=false", f"paths.output_dir={workdir / 'outputs'}")
-    datamodule = instantiate(cfg.data, log=lambda _msg: None)
-    datamodule.prepare_data()
-    datamodule.setup()
-    s = settings
-    results: list[Result] = []
-    epoch_s: list[float] = []
-    sweep_runs: list[tuple[str, sweeps.SweepRun]] = []  # the sweep comparison's reuse run, for --quick's e2e
-    sweep_base = (
-        f"data.train_subset={s.sweep_train_subset}",
-        "train.epochs=1",
-        "finetune.epochs=1",
-        "trainer.enable_progress_bar=false",
-    )
-
-    def sweep_section() -> Result:
-        result, reuse = sweeps.sweep_cost(
-            workdir / "sweep", point_config(*sweep_base), s.sweep_grid, sweep_base, s.sweep_timeout_s
-        )
-        sweep_runs.append(("+sweep=smoke, the sweep comparison's reuse run", reuse))
-        return result
-
-    def e2e_section() -> Result:
-        if s.e2e_from_sweep_cost and e2e_sweep == "smoke" and sweep_runs:
-            return sweeps.end_to_end_result(*sweep_runs[0])
-        timeout = s.e2e_timeout_s if e2e_sweep == "smoke" else max(s.e2e_timeout_s, 1800.0)
-        return sweeps.end_to_end(workdir / "e2e", e2e_sweep, s.e2e_overrides, timeout)
-
-    def yardstick() -> float:
-        """One bare training epoch: from the training comparison, or timed on a few batches when it was skipped."""
-        if epoch_s:
-            return epoch_s[0]
-        images = min(2_560, len(datamodule.x_train))
-        x, y = datamodule.x_train[:images], datamodule.y_train[:images]
-        model = instantiate(cfg.model)
-        loader = InMemoryLoader(x, y, int(cfg.train.batch_size))
-        seconds = timed(lambda: train.bare_loop(model, loader, cfg.train))
-        return TRAIN_IMAGES * seconds / images
-
-    plan: list[tuple[str, Callable[[], Result]]] = [
-        (
-            "train",
-            lambda: train.train_throughput(
-                cfg, datamodule.x_train, datamodule.y_train, s.train_images, s.train_repeats, TRAIN_IMAGES
-            ),
-        ),
-        ("data", lambda: data.data_path(datamodule, int(cfg.train.batch_size), s.data_repeats, s.data_images)),
-        (
-            "prune",
-            lambda: pruning.pruning_overhead(
-                datamodule.calibration_batches(s.calib_batches), yardstick(), s.prune_repeats
-            ),
-        ),
-        (
-            "channel",
-            lambda: pruning.channel_speedup(s.channel_sparsities, s.latency_batches, s.latency_rounds, s.latency_inner),
-        ),
-        (
-            "unstructured",
-            lambda: pruning.unstructured_storage(s.unstructured_sparsities, s.latency_rounds, s.latency_inner),
-        ),
-        ("sweep", sweep_section),
-        ("e2e", e2e_section),
-    ]
     host = Result("host")
     overall = ForeignCPU()
-    foreign = {}
-    for name, run in plan:
+    foreign: dict[str, float] = {}
+    results: list[Result] = []
+    for name, run in Sections(settings, workdir, e2e_sweep).plan():
         if name not in sections:
             continue
         _say(f"{name} ...")
@@ -185,8 +64,6 @@ def run_sections(settings: Settings, sections: Sequence[str], workdir: Path, e2e
         foreign[name] = gauge.fraction()
         result.metrics[f"bench/{name}_s"] = time.perf_counter() - start
         host.metrics[f"host/foreign_cpu/{name}"] = foreign[name]
-        if name == "train":
-            epoch_s.append(result.metrics["train/bare_epoch_s"])
         _say(
             f"{name} done in {time.perf_counter() - start:.1f} s (other processes used {100 * foreign[name]:.0f}% CPU)"
         )
@@ -200,7 +77,7 @@ def run_sections(settings: Settings, sections: Sequence[str], workdir: Path, e2e
     return [*results, host]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunesweep-bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced sizes and repeats (about a minute)")
     parser.add_argument(
@@ -215,8 +92,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--only", help=f"comma-separated sections, from: {','.join(SECTIONS)}")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, i.e. all cores)")
     parser.add_argument("--workdir", help="keep the sweeps' outputs and logs here (default: a temporary folder)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
     sections = SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -235,41 +116,46 @@ def main(argv: Sequence[str] | None = None) -> None:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run = PointRun(store, f"bench{'-quick' if args.quick else ''}-{stamp}", tags, params)
     _say(f"MLflow run {run.run_id} in experiment {args.experiment!r} of {store.uri}")
+    out = Path(args.out).expanduser() if args.out else None
 
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="prunesweep-bench-") as tmp:
             workdir = Path(args.workdir).expanduser().resolve() if args.workdir else Path(tmp)
             results = run_sections(settings, sections, workdir, args.e2e_sweep)
-        wall = time.perf_counter() - start
-        metrics = {k: v for result in results for k, v in result.metrics.items()}
-        metrics["bench/wall_s"] = wall
-        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
-        if bad:
-            raise RuntimeError(f"non-finite bench metrics: {bad}")
-        run.log_metrics(metrics)
-        load1, load5, _ = os.getloadavg()
-        run.set_tags({"host.loadavg_end": f"{load1:.2f} {load5:.2f}"})
-        table = format_table(results) + f"\n\nwall time {wall:.0f} s ({wall / 60:.1f} min)"
-        run.log_text(table + "\n", "bench_table.txt")
-        run.log_text(json.dumps(metrics, indent=1, sort_keys=True), "bench_metrics.json")
-        out = Path(args.out).expanduser() if args.out else None
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "bench_table.txt").write_text(table + "\n")
-            (out / "bench_metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        for result in results:
-            for name, figure in result.figures.items():
-                run.log_figure(figure, f"figures/{name}")
-                if out is not None:
-                    figure.savefig(out / name, dpi=120)
-                plt.close(figure)
+        table = _record(run, results, time.perf_counter() - start, out)
     except BaseException as err:
         run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", err)
         raise
     run.end("FINISHED")
     print(table)
     _say(f"logged to run {run.run_id}" + (f"; files in {out}" if out is not None else ""))
+
+
+def _record(run: PointRun, results: Sequence[Result], wall: float, out: Path | None) -> str:
+    """Log the metrics, the table and the figures to the bench run (and to ``out``); return the table."""
+    metrics = {k: v for result in results for k, v in result.metrics.items()}
+    metrics["bench/wall_s"] = wall
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        raise RuntimeError(f"non-finite bench metrics: {bad}")
+    run.log_metrics(metrics)
+    load1, load5, _ = os.getloadavg()
+    run.set_tags({"host.loadavg_end": f"{load1:.2f} {load5:.2f}"})
+    table = format_table(results) + f"\n\nwall time {wall:.0f} s ({wall / 60:.1f} min)"
+    run.log_text(table + "\n", "bench_table.txt")
+    run.log_text(json.dumps(metrics, indent=1, sort_keys=True), "bench_metrics.json")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_table.txt").write_text(table + "\n")
+        (out / "bench_metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    for result in results:
+        for name, figure in result.figures.items():
+            run.log_figure(figure, f"figures/{name}")
+            if out is not None:
+                figure.savefig(out / name, dpi=120)
+            plt.close(figure)
+    return table
 
 
 if __name__ == "__main__":

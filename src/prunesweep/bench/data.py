@@ -82,7 +82,14 @@ def data_path(datamodule: MNISTDataModule, batch_size: int, repeats: int, images
         for loader in (InMemoryLoader(x, y, batch_size), DataLoader(dataset, batch_size=batch_size)):
             _drain(itertools.islice(loader, 4), None)
         times = interleaved({"ours": ours, "theirs": theirs}, repeats=repeats, warmup=0)
+    return _result(counts, times, {"ours": ours_setup, "theirs": theirs_setup}, batch_size)
 
+
+def _result(
+    counts: dict[str, int], times: dict[str, list[float]], setup_s: dict[str, float], batch_size: int
+) -> Result:
+    """The data comparison's metrics and rows, from the images each side drained and its timings."""
+    ours_setup, theirs_setup = setup_s["ours"], setup_s["theirs"]
     ours_rate = counts["ours"] / median(times["ours"])
     theirs_rate = counts["theirs"] / median(times["theirs"])
     ratio = median([t / o for o, t in zip(times["ours"], times["theirs"], strict=True)])

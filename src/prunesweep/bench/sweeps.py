@@ -10,16 +10,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytorch_lightning as pl
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from prunesweep.bench.common import PeakRSS, Result
-from prunesweep.bench.train import NoRun, quiet_lightning, restored_determinism
+from prunesweep.bench.train import quiet_lightning, restored_determinism
 from prunesweep.config import pruning_spec
-from prunesweep.experiment import _fit
-from prunesweep.pruning import apply_masks, compute_masks
-from prunesweep.pruning.callback import PruningCallback
+from prunesweep.experiment import setup_data
+from prunesweep.lit import evaluate, fit
+from prunesweep.schedules import SCHEDULES, ScheduleJob, masking_prune
+from prunesweep.storage import SQLITE_PREFIX
 
 MODEL_TOLERANCE = 0.10  # "close to the model": within 10 % of the predicted ratio
 
@@ -36,7 +38,7 @@ class SweepRun:
 def run_sweep(workdir: Path, overrides: Sequence[str], timeout_s: float) -> SweepRun:
     """``prunesweep <overrides>`` as a multirun in its own process, with its own store and output folder."""
     workdir.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    uri = f"{SQLITE_PREFIX}{workdir / 'mlflow.db'}"
     command = [
         sys.executable, "-m", "prunesweep.cli",
         *overrides,
@@ -74,24 +76,35 @@ def run_sweep(workdir: Path, overrides: Sequence[str], timeout_s: float) -> Swee
 
 
 def time_dense_and_finetune(cfg: DictConfig) -> tuple[float, float]:
-    """T and F of one point, timed directly: ``_fit`` of the dense recipe, then of the fine-tune with masks held
-    (validation included, as in a sweep)."""
-    datamodule = instantiate(cfg.data, log=lambda _msg: None)
-    datamodule.prepare_data()
-    datamodule.setup()
+    """T and F of one point, timed directly: :func:`~prunesweep.lit.fit` of the dense recipe, then the one-shot
+    schedule's fine-tune with masks held (validation included, as in a sweep)."""
+    datamodule = setup_data(cfg, log_fn=lambda _msg: None)
     model = instantiate(cfg.model)
     trainer_cfg = OmegaConf.merge(cfg.trainer, {"enable_progress_bar": False})
+    finetune_s: list[float] = []
+
+    def finetune(callbacks: Sequence[pl.Callback], steps: int | None = None, prefix: str = "") -> int:
+        start = time.perf_counter()
+        train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
+        trainer = fit(model, train, val, cfg.finetune, trainer_cfg, max_steps=steps, callbacks=callbacks)
+        finetune_s.append(time.perf_counter() - start)
+        return trainer.global_step
+
     with quiet_lightning(), restored_determinism():
         start = time.perf_counter()
-        _fit(model, datamodule, cfg.train, int(cfg.train.epochs), trainer_cfg, NoRun())  # type: ignore[arg-type]
+        fit(model, datamodule.train_dataloader(), datamodule.val_dataloader(), cfg.train, trainer_cfg)
         dense_s = time.perf_counter() - start
-        plan = compute_masks(model, pruning_spec(cfg))
-        apply_masks(model, plan)
-        start = time.perf_counter()
-        callbacks = [PruningCallback(model, plan=plan)]
-        _fit(model, datamodule, cfg.finetune, int(cfg.finetune.epochs), trainer_cfg, NoRun(), callbacks)  # type: ignore[arg-type]
-        finetune_s = time.perf_counter() - start
-    return dense_s, finetune_s
+        job = ScheduleJob(
+            model=model,
+            sparsity=float(cfg.pruning.sparsity),
+            prune=masking_prune(model, pruning_spec(cfg)),
+            evaluate=lambda: evaluate(model, datamodule.test_dataloader()),
+            finetune=finetune,
+            epochs=int(cfg.finetune.epochs),
+            steps_per_epoch=len(datamodule.train_dataloader()),
+        )
+        SCHEDULES["oneshot"](job)
+    return dense_s, finetune_s[0]
 
 
 def sweep_cost(
@@ -116,7 +129,12 @@ def sweep_cost(
     if sum(reuse.dense_cached) != n - 1 or any(naive.dense_cached):
         raise RuntimeError(f"dense reuse is not what was asked: reuse {reuse.dense_cached}, naive {naive.dense_cached}")
     dense_s, finetune_s = time_dense_and_finetune(cfg)
+    return _cost_result(cfg, reuse, naive, dense_s, finetune_s), reuse
 
+
+def _cost_result(cfg: DictConfig, reuse: SweepRun, naive: SweepRun, dense_s: float, finetune_s: float) -> Result:
+    """The cost model (pure, and with the per-point and per-sweep overheads) held against the measured ratio."""
+    n = len(reuse.durations_s)
     measured = reuse.wall_s / naive.wall_s
     pure = (dense_s + n * finetune_s) / (n * (dense_s + finetune_s))
     cached = [d for d, hit in zip(reuse.durations_s, reuse.dense_cached, strict=True) if hit]
@@ -162,7 +180,7 @@ def sweep_cost(
         close,
     )
     result.add("saved per extra point (naive - reuse) / (N - 1) vs T", f"{saved:.2f} s vs {dense_s:.2f} s")
-    return result, reuse
+    return result
 
 
 def end_to_end(workdir: Path, sweep: str, extra: Sequence[str], timeout_s: float) -> Result:

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -17,29 +17,9 @@ from torch.nn import functional as F
 
 from prunesweep.bench.common import Result, interleaved, median, spread
 from prunesweep.data import InMemoryLoader
-from prunesweep.experiment import _fit
+from prunesweep.lit import fit
 
 GOAL = 0.90  # Lightning must keep at least this fraction of the bare loop's images/s
-
-
-class NoRun:
-    """Stands in for the MLflow run that ``_fit`` sends per-epoch metrics to: the bench times training, not logging."""
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        pass
-
-
-class Batches:
-    """The two loaders ``_fit`` asks a datamodule for; no validation loader, so both sides do the same work."""
-
-    def __init__(self, train: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.train = train
-
-    def train_dataloader(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        return self.train
-
-    def val_dataloader(self) -> None:
-        return None
 
 
 class EpochClock(pl.Callback):
@@ -105,14 +85,14 @@ def bare_loop(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
 def lightning_loop(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: DictConfig
 ) -> tuple[float, float]:
-    """One epoch through ``experiment._fit`` exactly as a sweep point trains (its trainer config, our Classifier),
-    with the progress bar off and no validation loader. Returns (seconds of the whole ``fit``, seconds of the
-    epoch loop)."""
+    """One epoch through :func:`prunesweep.lit.fit` exactly as a sweep point trains (its trainer config, its
+    recipe), with the progress bar off and no validation loader, so both sides do the same work. Returns
+    (seconds of the whole ``fit``, seconds of the epoch loop)."""
     trainer_cfg = OmegaConf.merge(cfg.trainer, {"enable_progress_bar": False})
     clock = EpochClock()
     with quiet_lightning(), restored_determinism():
         start = time.perf_counter()
-        _fit(model, Batches(batches), cfg.train, 1, trainer_cfg, NoRun(), callbacks=[clock])  # type: ignore[arg-type]
+        fit(model, batches, None, cfg.train, trainer_cfg, epochs=1, callbacks=[clock])
         return time.perf_counter() - start, clock.seconds
 
 
@@ -166,7 +146,7 @@ def train_throughput(
     }
     batches_n = len(batches())
     result.add(f"bare loop, {n} images ({batches_n} batches of {batch_size})", f"{n / bare_s:,.0f} img/s")
-    result.add("lightning, experiment._fit (bar off, no val)", f"{n / fit_s:,.0f} img/s")
+    result.add("lightning, prunesweep.lit.fit (bar off, no val)", f"{n / fit_s:,.0f} img/s")
     result.add("lightning / bare (whole fit)", f"{ratio:.3f}x", f">= {GOAL:.2f}x", ratio >= GOAL)
     result.add("lightning / bare (epoch loop only)", f"{steady:.3f}x")
     result.add("fit() fixed cost (outside the epoch loop)", f"{1e3 * overhead:.0f} ms")

@@ -62,6 +62,8 @@ class DatasetSpec:
 
     ``md5`` maps each uncompressed file name to its md5; ``sizes`` (optional) lets a short file be reported
     as truncated without hashing it.  ``mean``/``std`` are the training-set pixel statistics (in [0, 1]).
+    ``train_images`` is the size of the training file (validation is split off it); None if not known before
+    the files are read.
     """
 
     name: str
@@ -69,6 +71,7 @@ class DatasetSpec:
     sizes: Mapping[str, int] = field(default_factory=dict)
     mean: float = 0.0
     std: float = 1.0
+    train_images: int | None = None
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -87,6 +90,7 @@ DATASETS: dict[str, DatasetSpec] = {
         sizes=_SIZES,
         mean=0.1307,
         std=0.3081,
+        train_images=60_000,
     ),
     # md5s of the *uncompressed* files.  Debian recompressed the .gz files (so their md5s differ from
     # torchvision's .gz md5s), but the decompressed bytes equal the upstream release.
@@ -101,6 +105,7 @@ DATASETS: dict[str, DatasetSpec] = {
         sizes=_SIZES,
         mean=0.2860,
         std=0.3530,
+        train_images=60_000,
     ),
 }
 

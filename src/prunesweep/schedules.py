@@ -1,0 +1,171 @@
+"""When to prune, as plug-ins: one function per ``pruning.schedule``, each from a :class:`ScheduleJob` to a
+:class:`ScheduleResult`.
+
+The experiment builds the job (what to prune, how to measure, how to fine-tune); a schedule only decides the
+order of pruning, rewinding and fine-tuning. A new schedule is one function plus one entry in :data:`SCHEDULES`;
+config validation reads the names and capabilities from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from prunesweep.pruning import MaskPlan, PruningSpec, Threshold, apply_masks, compute_masks
+from prunesweep.pruning.callback import PruningCallback
+from prunesweep.pruning.schedule import GradualSchedule, iterative_targets
+
+log = logging.getLogger("prunesweep")
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Finetune(Protocol):
+    """How a schedule fine-tunes: train the job's model with ``callbacks`` (which hold or update the masks) for
+    ``steps`` optimizer steps (None: the recipe's epochs), logging per-epoch metrics under ``prefix``; return
+    the optimizer steps taken."""
+
+    def __call__(self, callbacks: Sequence[pl.Callback], steps: int | None = None, prefix: str = "") -> int: ...
+
+
+@dataclass(frozen=True)
+class ScheduleJob:
+    """Everything a schedule needs, with the Hydra config already read.
+
+    ``prune(target, previous)`` computes and applies masks at a cumulative target and returns the plan;
+    ``evaluate()`` is the test accuracy of the model as it is now; ``rewind()`` (None: no rewinding) resets
+    the surviving weights to the lottery-ticket state, masks kept.
+    """
+
+    model: nn.Module
+    sparsity: float
+    prune: Callable[[float, MaskPlan | None], MaskPlan]
+    evaluate: Callable[[], float]
+    finetune: Finetune
+    epochs: int  # finetune.epochs
+    steps_per_epoch: int
+    rounds: int = 1  # iterative
+    gradual_end_fraction: float = 0.6
+    gradual_frequency: int = 20
+    rewind: Callable[[], None] | None = None
+
+    @property
+    def finetune_steps(self) -> int:
+        """The fine-tuning budget every schedule gets: ``finetune.epochs`` of optimizer steps."""
+        return self.epochs * self.steps_per_epoch
+
+
+@dataclass(frozen=True)
+class ScheduleResult:
+    """What a schedule hands back; later additions (e.g. a rebuilt model) go here."""
+
+    plan: MaskPlan
+    acc_pruned: float  # test accuracy once the final masks are applied, before the remaining fine-tuning
+    finetune_steps: int  # optimizer steps of fine-tuning, all rounds together
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A registered schedule: the function, plus what config validation needs to know about it."""
+
+    run: Callable[[ScheduleJob], ScheduleResult]
+    #: Whether ``pruning.rewind`` applies. A schedule that prunes in the middle of training has no point at which
+    #: resetting the weights would be the lottery-ticket procedure, so validation refuses the combination.
+    rewinds: bool = True
+
+    def __call__(self, job: ScheduleJob) -> ScheduleResult:
+        return self.run(job)
+
+
+def masking_prune(
+    model: nn.Module,
+    spec: PruningSpec,
+    calib: Batches | None = None,
+    threshold: Threshold | None = None,
+) -> Callable[[float, MaskPlan | None], MaskPlan]:
+    """The ``prune`` of a job: masks for ``spec`` at a cumulative target (keeping ``previous`` pruned), applied.
+
+    ``threshold`` is shared by every call, so one that measures the model (sensitivity) does so once.
+    """
+
+    def prune(target: float, previous: MaskPlan | None) -> MaskPlan:
+        at_target = dataclasses.replace(spec, sparsity=target)
+        plan = compute_masks(model, at_target, calib, previous=previous, threshold=threshold)
+        apply_masks(model, plan)
+        return plan
+
+    return prune
+
+
+def split_steps(total: int, rounds: int) -> list[int]:
+    """``total`` steps shared by ``rounds`` as evenly as possible, the earlier rounds taking the remainder.
+
+    >>> split_steps(10, 3)
+    [4, 3, 3]
+    >>> split_steps(2, 3)
+    [1, 1, 0]
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
+    share, extra = divmod(total, rounds)
+    return [share + (1 if index < extra else 0) for index in range(rounds)]
+
+
+def oneshot(job: ScheduleJob) -> ScheduleResult:
+    """Prune to the target once, rewind if asked, then fine-tune with the masks held."""
+    plan = job.prune(job.sparsity, None)
+    if job.rewind is not None:
+        job.rewind()
+    acc_pruned = job.evaluate()
+    steps = job.finetune([PruningCallback(job.model, plan=plan)])
+    return ScheduleResult(plan, acc_pruned, steps)
+
+
+def iterative(job: ScheduleJob) -> ScheduleResult:
+    """Han et al.'s rounds: prune a little more (the same fraction of the survivors each round), rewind if asked
+    (iterative lottery-ticket pruning), fine-tune; the rounds share one-shot's fine-tuning budget exactly."""
+    targets = iterative_targets(job.sparsity, job.rounds)
+    plan: MaskPlan | None = None
+    acc_pruned, steps = 0.0, 0
+    for index, (target, budget) in enumerate(zip(targets, split_steps(job.finetune_steps, job.rounds), strict=True)):
+        plan = job.prune(target, plan)
+        if job.rewind is not None:
+            job.rewind()
+        acc_pruned = job.evaluate()
+        log.info("round %d/%d: sparsity target %.4f, pruned accuracy %.4f", index + 1, job.rounds, target, acc_pruned)
+        if budget:  # more rounds than steps: the last rounds prune without training in between
+            callbacks = [PruningCallback(job.model, plan=plan)]
+            steps += job.finetune(callbacks, steps=budget, prefix=f"round{index + 1}/")
+    assert plan is not None  # rounds >= 1
+    return ScheduleResult(plan, acc_pruned, steps)
+
+
+def gradual(job: ScheduleJob) -> ScheduleResult:
+    """Zhu & Gupta's AGP: the masks tighten every few steps during fine-tuning, along a cubic, then stay."""
+    if job.rewind is not None:  # config validation refuses it first; a job built by hand must not be ignored either
+        raise ValueError("the gradual schedule does not rewind: it prunes during training (Schedule.rewinds)")
+    agp = GradualSchedule.over(job.sparsity, job.finetune_steps, job.gradual_end_fraction, job.gradual_frequency)
+    final: dict[str, float] = {}
+    callback = PruningCallback(
+        job.model,
+        prune=job.prune,
+        schedule=agp,
+        on_final=lambda _plan: final.setdefault("pruned", job.evaluate()),
+    )
+    steps = job.finetune([callback])
+    assert callback.plan is not None  # the callback applies the final masks at the latest when training ends
+    return ScheduleResult(callback.plan, final["pruned"], steps)
+
+
+SCHEDULES: dict[str, Schedule] = {
+    "oneshot": Schedule(oneshot),
+    "iterative": Schedule(iterative),
+    "gradual": Schedule(gradual, rewinds=False),
+}
