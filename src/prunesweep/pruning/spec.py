@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from prunesweep.pruning._util import classifier_name
 from prunesweep.pruning.importance import IMPORTANCES
 from prunesweep.pruning.thresholds import DISTRIBUTIONS, NORMALIZERS, THRESHOLDS
 from prunesweep.pruning.units import GRANULARITIES
@@ -184,7 +185,7 @@ def validate_spec(spec: PruningSpec, model: nn.Module) -> None:
                 f"pruning.layers contains {layer}, which pruning.granularity={spec.granularity} cannot prune: {reason}"
             )
     if granularity.structured:
-        if getattr(model, "classifier", None) is None:
+        if classifier_name(model) is None:
             raise PruningConfigError(
                 f"pruning.granularity={spec.granularity} needs {type(model).__name__}.classifier (the layer "
                 "whose outputs are never pruned); declare it on the model"
@@ -192,7 +193,7 @@ def validate_spec(spec: PruningSpec, model: nn.Module) -> None:
         if not any(granularity.has_units(model, layer) for layer in layers):
             raise PruningConfigError(
                 f"pruning.layers={_fmt(layers)} has nothing to prune at pruning.granularity="
-                f"{spec.granularity}: the classifier {model.classifier}'s outputs are never pruned"
+                f"{spec.granularity}: the classifier {classifier_name(model)}'s outputs are never pruned"
             )
     for layer, value in spec.layer_sparsity.items():
         if layer not in layers:
