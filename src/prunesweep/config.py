@@ -15,9 +15,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from prunesweep.lit import LR_SCHEDULES
-from prunesweep.models import MODELS, build_model
+from prunesweep.models import MODELS
 from prunesweep.pruning import PruningConfigError, PruningSpec, validate_spec
 from prunesweep.storage import ensure_writable
+from prunesweep.targets import DEFAULT_INPUT_SHAPE, TargetError, build_model, locate
 
 DATASETS = ("mnist", "fashion_mnist")
 OPTIMIZERS = ("sgd", "adam")
@@ -50,20 +51,23 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("threads") is not None:
         _integer(cfg, "threads", low=1)
 
-    _choice(cfg, "data.name", DATASETS)
-    _integer(cfg, "data.val_size", low=1, high=TRAIN_IMAGES - 1)
-    if cfg.data.get("train_subset") is not None:
-        _integer(cfg, "data.train_subset", low=1, high=TRAIN_IMAGES - int(cfg.data.val_size))
-    root = Path(str(cfg.data.root)).expanduser()
+    if cfg.data.get("_target_") == "prunesweep.data.MNISTDataModule":  # sizes known before any file is read
+        _choice(cfg, "data.name", DATASETS)
+        _integer(cfg, "data.val_size", low=1, high=TRAIN_IMAGES - 1)
+        if cfg.data.get("train_subset") is not None:
+            _integer(cfg, "data.train_subset", low=1, high=TRAIN_IMAGES - int(cfg.data.val_size))
+    root = Path(str(cfg.data.get("root", "."))).expanduser()
     if root.exists() and not root.is_dir():
         raise ConfigError(f"data.root={cfg.data.root!r} is a file; it must be a directory (or not exist yet)")
 
-    _choice(cfg, "model.name", tuple(MODELS))
-    # Hydra instantiates these: only prunesweep's own classes, never an arbitrary callable from a command line.
-    for group in ("data", "model"):
-        target = str(OmegaConf.select(cfg, f"{group}._target_", default=""))
-        if not target.startswith("prunesweep."):
-            raise ConfigError(f"{group}._target_={target!r} is not allowed; only prunesweep.* classes are built")
+    if cfg.model.get("_target_") == "prunesweep.models.build_model":  # the registry; any other target is code
+        _choice(cfg, "model.name", tuple(MODELS))
+    # Any importable callable may be built, as in every Hydra app: configs are code (see prunesweep.targets).
+    try:
+        locate(str(cfg.data.get("_target_", "")), "data._target_")
+        model = build_model(cfg.model, tuple(cfg.data.get("input_shape") or DEFAULT_INPUT_SHAPE))
+    except TargetError as err:
+        raise ConfigError(str(err)) from None
 
     for stage in ("train", "finetune"):
         _integer(cfg, f"{stage}.epochs", low=1)
@@ -95,7 +99,7 @@ def validate(cfg: DictConfig) -> None:
         )
     _number(cfg, "pruning.sparsity", low=0.0, high=1.0, high_inclusive=False)
     try:
-        validate_spec(pruning_spec(cfg), build_model(str(cfg.model.name)))
+        validate_spec(pruning_spec(cfg), model)
     except PruningConfigError as err:
         raise ConfigError(str(err)) from None
 

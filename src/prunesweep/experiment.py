@@ -17,7 +17,6 @@ from typing import Any
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from matplotlib import pyplot as plt
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -52,9 +51,12 @@ from prunesweep.pruning import (
     sparse_export,
 )
 from prunesweep.pruning.callback import PruningCallback
+from prunesweep.pruning.discover import largest_layer
 from prunesweep.pruning.importance import IMPORTANCES
 from prunesweep.pruning.schedule import GradualSchedule, iterative_targets
 from prunesweep.pruning.thresholds import Threshold
+from prunesweep.pruning.verify import check_rebuild
+from prunesweep.targets import build_datamodule, build_model, data_signature
 from prunesweep.tracking import PointRun, open_store, run_name
 from prunesweep.tracking.lightning import EpochMetrics
 
@@ -129,7 +131,7 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
     point.log_text(OmegaConf.to_yaml(OmegaConf.create(plain(cfg))), "config.yaml")
 
-    datamodule = instantiate(cfg.data, log=log.info)
+    datamodule = build_datamodule(cfg.data, log=log.info)
     datamodule.prepare_data()
     datamodule.setup()
     test_batches = datamodule.test_dataloader()
@@ -158,10 +160,11 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     if threshold.needs_calibration:
         _calibrate(cfg, spec, model, threshold, calib, list(datamodule.val_dataloader()), point)
 
+    example = torch.zeros(1, *data_signature(datamodule)[0])  # couplings are traced on the data's image shape
+
     def prune_to(target: float, previous: MaskPlan | None) -> MaskPlan:
-        plan = compute_masks(
-            model, dataclasses.replace(spec, sparsity=target), calib, previous=previous, threshold=threshold
-        )
+        step = dataclasses.replace(spec, sparsity=target)
+        plan = compute_masks(model, step, calib, previous=previous, threshold=threshold, example_inputs=example)
         apply_masks(model, plan)
         return plan
 
@@ -295,7 +298,7 @@ def _fit(
 def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun, epochs: int) -> nn.Module:
     """The dense model after ``epochs`` of the training recipe: from the cache, or trained (and cached) now."""
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)  # same init for every epochs
-    model: nn.Module = instantiate(cfg.model)
+    model: nn.Module = build_model(cfg.model, *data_signature(datamodule))
     if epochs == 0:
         return model
     key_cfg = cfg
@@ -364,11 +367,7 @@ def _measure(
     else:
         compact = rebuild(model, plan, example[:2])
         nonzero, _ = count_params(compact)
-        with torch.inference_mode():
-            diff = float((compact.eval()(example) - model.eval()(example)).abs().max())
-        metrics["rebuild/max_abs_diff"] = diff
-        if diff > 1e-4:
-            raise RuntimeError(f"rebuilt model differs from the masked one by {diff:.3g} (max abs)")
+        metrics["rebuild/max_abs_diff"] = check_rebuild(model, compact, example, name=str(cfg.model.name))
         metrics["flops/remaining"] = count_macs(compact, input_shape, sparse=False)
         metrics["size/pruned_bytes"] = size_bytes(compact)
         point.set_tags({"arch/dense": architecture(dense), "arch/pruned": architecture(compact)})
@@ -407,9 +406,10 @@ def _log_artifacts(
         ),
         (lambda: plots.parameter_counts(layers), "parameter_counts.png"),
     ]
-    if hasattr(dense, "fc1"):
-        pruned_fc1 = export_state_dict(model)["fc1.weight"]
-        figures.append((lambda: plots.weights_before_after(dense.fc1.weight, pruned_fc1, "fc1"), "fc1_weights.png"))
+    layer = OmegaConf.select(cfg, "tracking.weights_figure_layer") or largest_layer(dense)  # LeNet-5: fc1
+    if layer is not None:
+        before, after = dense.get_submodule(layer).weight, export_state_dict(model)[f"{layer}.weight"]
+        figures.append((lambda: plots.weights_before_after(before, after, layer), f"{layer}_weights.png"))
     for make, name in figures:
         fig = make()
         point.log_figure(fig, f"figures/{name}")

@@ -158,3 +158,10 @@ def residual_blocks(model: nn.Module) -> dict[str, tuple[str, ...]]:
             parent = name.rpartition(".")[0]
             groups.setdefault(parent, []).append(name)
     return {parent: tuple(blocks) for parent, blocks in groups.items() if parent}
+
+
+def largest_layer(model: nn.Module) -> str | None:
+    """The prunable layer with the most weights (LeNet-5: ``fc1``), e.g. for the before/after weight figure."""
+    layers = getattr(model, "prunable_layers", None) or ()
+    sizes = {name: model.get_submodule(name).weight.numel() for name in layers}
+    return max(sizes, key=sizes.__getitem__) if sizes else None
