@@ -65,7 +65,8 @@ def validate(cfg: DictConfig) -> None:
     # Any importable callable may be built, as in every Hydra app: configs are code (see prunesweep.targets).
     try:
         locate(str(cfg.data.get("_target_", "")), "data._target_")
-        model = build_model(cfg.model, tuple(cfg.data.get("input_shape") or DEFAULT_INPUT_SHAPE))
+        shape = tuple(cfg.data.get("input_shape") or DEFAULT_INPUT_SHAPE)
+        model = build_model(cfg.model, shape, cfg.model.get("num_classes"), classes_from="model.num_classes={}")
     except TargetError as err:
         raise ConfigError(str(err)) from None
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -105,8 +106,7 @@ def accepted_kwargs(fn: Callable[..., Any], keys: Mapping[str, Any]) -> dict[str
 
 def build(group_cfg: DictConfig | Mapping[str, Any], key: str, **extra: Any) -> Any:
     """Instantiate ``group_cfg`` (a ``_target_`` and its keys) with only the keys its target accepts."""
-    keys = OmegaConf.to_container(group_cfg, resolve=True) if isinstance(group_cfg, DictConfig) else dict(group_cfg)
-    assert isinstance(keys, dict)
+    keys = _plain(group_cfg)
     target = keys.get("_target_")
     if not target:
         raise TargetError(f"{key} is missing; name the class or function to build, e.g. {key}=my_package.Net")
@@ -127,11 +127,14 @@ def build_model(
     model_cfg: DictConfig | Mapping[str, Any],
     input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE,
     num_classes: int | None = None,
+    classes_from: str = "the data has {} classes",
 ) -> nn.Module:
     """The ``nn.Module`` ``model_cfg`` names, checked on a batch of ``input_shape`` images and annotated with
-    prunable units if it declares none. ``num_classes`` (the data's) must equal its output width."""
-    target = str(OmegaConf.select(OmegaConf.create(dict(model_cfg)), "_target_", default=""))
-    model = build(model_cfg, "model._target_")
+    prunable units if it declares none. ``num_classes`` must equal its output width (``classes_from`` says
+    where it comes from, in the error)."""
+    plain = _plain(model_cfg)
+    target = str(plain.get("_target_", ""))
+    model = build(plain, "model._target_")
     if not isinstance(model, nn.Module):
         raise TargetError(f"model._target_={target!r} built a {type(model).__name__}, which is not a torch.nn.Module")
     example = torch.zeros(2, *input_shape)
@@ -148,10 +151,37 @@ def build_model(
         raise TargetError(f"model._target_={target!r} must return (batch, classes) logits; it returned {shape}")
     if num_classes is not None and output.shape[1] != num_classes:
         raise TargetError(
-            f"model._target_={target!r} has {output.shape[1]} outputs but the data has {num_classes} classes; "
-            f"set model.num_classes={num_classes} (or make the model's output match)"
+            f"model._target_={target!r} has {output.shape[1]} outputs but {classes_from.format(num_classes)}; "
+            f"set model.num_classes to the data's classes (or make the model's output match)"
         )
-    return annotate(model, example[:1])
+    return _annotated(model, example[:1], key=json.dumps([plain, list(input_shape)], sort_keys=True, default=str))
+
+
+# What annotate found, per model config and input shape: a sweep validates every point, and tracing a
+# MobileNet's graph takes seconds. Only names are kept, so any fresh instance of the same config can reuse them.
+_FOUND: dict[str, dict[str, Any]] = {}
+_FOUND_ATTRIBUTES = ("prunable_layers", "classifier", "classifier_layer", "channel_layers", "structures")
+
+
+def _annotated(model: nn.Module, example: torch.Tensor, key: str) -> nn.Module:
+    if key not in _FOUND:
+        annotate(model, example)
+        _FOUND[key] = {
+            name: value
+            for name in _FOUND_ATTRIBUTES
+            if isinstance(value := getattr(model, name, None), (str, tuple, dict)) and name in vars(model)
+        }
+        return model
+    for name, value in _FOUND[key].items():
+        setattr(model, name, value)
+    return model
+
+
+def _plain(group_cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """A config group, resolved, as a plain dict."""
+    keys = OmegaConf.to_container(group_cfg, resolve=True) if isinstance(group_cfg, DictConfig) else dict(group_cfg)
+    assert isinstance(keys, dict)
+    return keys
 
 
 def build_datamodule(data_cfg: DictConfig | Mapping[str, Any], log: Callable[[str], None] = print) -> Any:
@@ -159,13 +189,12 @@ def build_datamodule(data_cfg: DictConfig | Mapping[str, Any], log: Callable[[st
     interface is loaded into memory and wrapped with the config's batch and split keys."""
     from prunesweep.data.tensors import TensorDataModule  # Lightning: imported only when data is built
 
-    keys = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
-    assert isinstance(keys, dict)
+    keys = _plain(data_cfg)
     built = build(keys, "data._target_", log=log)
     if all(callable(getattr(built, name, None)) for name in _HARNESS_DATA_INTERFACE):
         return built
     try:
-        return TensorDataModule.wrap(built, log=log, **accepted_kwargs(TensorDataModule.wrap, keys))
+        return TensorDataModule.wrap(built, log=log, **accepted_kwargs(TensorDataModule, keys))
     except TypeError as err:
         raise TargetError(
             f"data._target_={keys.get('_target_')!r} built a {type(built).__name__}, which is neither a datamodule "
