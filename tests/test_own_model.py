@@ -34,6 +34,12 @@ def test_bad_targets_are_refused_by_key(make_cfg, tiny_overrides, overrides, mes
         validate(cfg)
 
 
+@pytest.mark.parametrize(("option", "key"), [("model=custom", "model._target_"), ("data=image_folder", "data.path")])
+def test_an_option_without_its_own_value_names_the_key(make_cfg, option, key):
+    with pytest.raises(ConfigError, match=rf"{key} has no value"):
+        validate(make_cfg(option))
+
+
 def test_custom_model_label_is_the_class_name_and_is_not_passed(make_cfg, tiny_overrides):
     cfg = make_cfg(
         *tiny_overrides, "model=custom", "model._target_=own_model.tiny.TinyNet", "pruning.granularity=channel"
