@@ -61,7 +61,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.root={cfg.data.root!r} is a file; it must be a directory (or not exist yet)")
 
     for group in ("data", "model"):  # ``???`` in model=custom / data=image_folder: the user's class or folder
-        missing = sorted(OmegaConf.missing_keys(cfg[group]))
+        missing = [str(key) for key in cfg[group] if OmegaConf.is_missing(cfg[group], key)]
         if missing:
             raise ConfigError(f"{group}.{missing[0]} has no value (???); set it, e.g. {group}.{missing[0]}=...")
     if cfg.model.get("_target_") == "prunesweep.models.build_model":  # the registry; any other target is code

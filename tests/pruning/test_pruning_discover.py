@@ -110,12 +110,11 @@ def test_torchvision_resnet18_blocks_are_identity_shortcut_blocks():
     }
 
 
-@pytest.mark.parametrize("granularity", ["channel", "block"])
-def test_mobilenet_v2_depthwise_couplings_rebuild_equal_to_masked(granularity: str):
+def test_mobilenet_v2_depthwise_couplings_rebuild_equal_to_masked():
     model = annotate(_warmed(mobilenet_v2()), EXAMPLE)
     assert model.classifier_layer == "classifier.1"  # MobileNet's own "classifier" is a Sequential
     assert not any(model.get_submodule(n).groups > 1 for n in model.channel_layers if "classifier" not in n)
-    masked, small = _prune_and_rebuild(model, granularity, 0.5)
+    masked, small = _prune_and_rebuild(model, "channel", 0.5)
     x = torch.randn(4, 1, 28, 28)
     assert check_rebuild(masked, small, x, "mobilenet_v2") <= 1e-4
     assert masked(x).abs().max() > 1e-3
@@ -127,3 +126,15 @@ def test_a_rebuild_that_changes_the_outputs_is_refused_by_name():
     other = TinyNet().eval()
     with pytest.raises(RebuildMismatch, match="refusing to rebuild TinyNet: its rebuilt outputs differ"):
         check_rebuild(model, other, torch.randn(2, 1, 28, 28), "TinyNet")
+
+
+def test_pruning_layers_overrides_what_was_found():
+    model = annotate(_warmed(TinyNet()), EXAMPLE)
+    spec = PruningSpec(sparsity=0.5, granularity="channel", layers=("conv2",))  # found: stem stands for the group
+    plan = compute_masks(model, spec, example_inputs=EXAMPLE)
+    assert [row.layer for row in plan.layers] == ["conv2"]
+    masked = copy.deepcopy(model)
+    apply_masks(masked, plan)
+    small = rebuild(masked, plan, EXAMPLE)
+    assert small.stem.out_channels == small.conv2.out_channels == 4  # the add keeps them coupled
+    assert check_rebuild(masked, small, torch.randn(4, 1, 28, 28), "TinyNet") <= 1e-4
