@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from prunesweep.lit import LR_SCHEDULES
 from prunesweep.models import MODELS
@@ -60,19 +61,7 @@ def validate(cfg: DictConfig) -> None:
     if root.exists() and not root.is_dir():
         raise ConfigError(f"data.root={cfg.data.root!r} is a file; it must be a directory (or not exist yet)")
 
-    for group in ("data", "model"):  # ``???`` in model=custom / data=image_folder: the user's class or folder
-        missing = [str(key) for key in cfg[group] if OmegaConf.is_missing(cfg[group], key)]
-        if missing:
-            raise ConfigError(f"{group}.{missing[0]} has no value (???); set it, e.g. {group}.{missing[0]}=...")
-    if cfg.model.get("_target_") == "prunesweep.models.build_model":  # the registry; any other target is code
-        _choice(cfg, "model.name", tuple(MODELS))
-    # Any importable callable may be built, as in every Hydra app: configs are code (see prunesweep.targets).
-    try:
-        locate(str(cfg.data.get("_target_", "")), "data._target_")
-        shape = tuple(cfg.data.get("input_shape") or DEFAULT_INPUT_SHAPE)
-        model = build_model(cfg.model, shape, cfg.model.get("num_classes"), classes_from="model.num_classes={}")
-    except TargetError as err:
-        raise ConfigError(str(err)) from None
+    model = _built_model(cfg)
 
     for stage in ("train", "finetune"):
         _integer(cfg, f"{stage}.epochs", low=1)
@@ -116,6 +105,25 @@ def validate(cfg: DictConfig) -> None:
         )
     if not str(cfg.tracking.experiment).strip():
         raise ConfigError("tracking.experiment is empty; give the MLflow experiment a name")
+
+
+def _built_model(cfg: DictConfig) -> nn.Module:
+    """The model ``cfg.model`` names, built and checked on the data's image shape; its data target importable.
+
+    Any importable callable may be named, as in every Hydra app: configs are code (see prunesweep.targets).
+    """
+    for group in ("data", "model"):  # ``???`` in model=custom / data=image_folder: the user's class or folder
+        missing = [str(key) for key in cfg[group] if OmegaConf.is_missing(cfg[group], key)]
+        if missing:
+            raise ConfigError(f"{group}.{missing[0]} has no value (???); set it, e.g. {group}.{missing[0]}=...")
+    if cfg.model.get("_target_") == "prunesweep.models.build_model":  # the registry; any other target is code
+        _choice(cfg, "model.name", tuple(MODELS))
+    try:
+        locate(str(cfg.data.get("_target_", "")), "data._target_")
+        shape = tuple(cfg.data.get("input_shape") or DEFAULT_INPUT_SHAPE)
+        return build_model(cfg.model, shape, cfg.model.get("num_classes"), classes_from="model.num_classes={}")
+    except TargetError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_writable(path: str | Path, key: str) -> None:
