@@ -23,12 +23,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from prunesweep import experiment
 from prunesweep.config import ConfigError
 from prunesweep.data import DataError
+from prunesweep.targets import TargetError
 from prunesweep.tracking import TrackingError
 from prunesweep.tracking.sweep import read_sweep_file
 
 log = logging.getLogger("prunesweep")
 
-USER_ERRORS = (ConfigError, DataError, TrackingError)
+USER_ERRORS = (ConfigError, DataError, TargetError, TrackingError)
 
 
 def _locate(name: str) -> Path:

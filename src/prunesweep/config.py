@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from prunesweep import schedules
 from prunesweep.data import DATASETS
 from prunesweep.lit import LR_SCHEDULES
-from prunesweep.models import MODELS, build_model
+from prunesweep.models import MODELS
 from prunesweep.pruning import PruningConfigError, PruningSpec, validate_spec
 from prunesweep.storage import SQLITE_PREFIX, ensure_writable
+from prunesweep.targets import DEFAULT_INPUT_SHAPE, TargetError, build_model, locate
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = tuple(schedules.SCHEDULES)  # the names; the functions live in prunesweep.schedules
@@ -51,36 +53,28 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("threads") is not None:
         _integer(cfg, "threads", low=1)
     _check_data(cfg)
-    _check_model(cfg)
+    model = _built_model(cfg)
     _check_recipes(cfg)
     _check_schedule(cfg)
     _number(cfg, "pruning.sparsity", low=0.0, high=1.0, high_inclusive=False)
     try:
-        validate_spec(pruning_spec(cfg), build_model(str(cfg.model.name)))
+        validate_spec(pruning_spec(cfg), model)
     except PruningConfigError as err:
         raise ConfigError(str(err)) from None
     _check_tracking(cfg)
 
 
 def _check_data(cfg: DictConfig) -> None:
-    _choice(cfg, "data.name", tuple(DATASETS))
-    images = DATASETS[str(cfg.data.name)].train_images
-    _integer(cfg, "data.val_size", low=1, high=None if images is None else images - 1)
-    if cfg.data.get("train_subset") is not None:
-        high = None if images is None else images - int(cfg.data.val_size)
-        _integer(cfg, "data.train_subset", low=1, high=high)
-    root = Path(str(cfg.data.root)).expanduser()
+    if cfg.data.get("_target_") == "prunesweep.data.MNISTDataModule":  # sizes known before any file is read
+        _choice(cfg, "data.name", tuple(DATASETS))
+        images = DATASETS[str(cfg.data.name)].train_images
+        _integer(cfg, "data.val_size", low=1, high=None if images is None else images - 1)
+        if cfg.data.get("train_subset") is not None:
+            high = None if images is None else images - int(cfg.data.val_size)
+            _integer(cfg, "data.train_subset", low=1, high=high)
+    root = Path(str(cfg.data.get("root", "."))).expanduser()
     if root.exists() and not root.is_dir():
         raise ConfigError(f"data.root={cfg.data.root!r} is a file; it must be a directory (or not exist yet)")
-
-
-def _check_model(cfg: DictConfig) -> None:
-    _choice(cfg, "model.name", tuple(MODELS))
-    # Hydra instantiates these: only prunesweep's own classes, never an arbitrary callable from a command line.
-    for group in ("data", "model"):
-        target = str(OmegaConf.select(cfg, f"{group}._target_", default=""))
-        if not target.startswith("prunesweep."):
-            raise ConfigError(f"{group}._target_={target!r} is not allowed; only prunesweep.* classes are built")
 
 
 def _check_recipes(cfg: DictConfig) -> None:
@@ -133,6 +127,25 @@ def _check_tracking(cfg: DictConfig) -> None:
         )
     if not str(cfg.tracking.experiment).strip():
         raise ConfigError("tracking.experiment is empty; give the MLflow experiment a name")
+
+
+def _built_model(cfg: DictConfig) -> nn.Module:
+    """The model ``cfg.model`` names, built and checked on the data's image shape; its data target importable.
+
+    Any importable callable may be named, as in every Hydra app: configs are code (see prunesweep.targets).
+    """
+    for group in ("data", "model"):  # ``???`` in model=custom / data=image_folder: the user's class or folder
+        missing = [str(key) for key in cfg[group] if OmegaConf.is_missing(cfg[group], key)]
+        if missing:
+            raise ConfigError(f"{group}.{missing[0]} has no value (???); set it, e.g. {group}.{missing[0]}=...")
+    if cfg.model.get("_target_") == "prunesweep.models.build_model":  # the registry; any other target is code
+        _choice(cfg, "model.name", tuple(MODELS))
+    try:
+        locate(str(cfg.data.get("_target_", "")), "data._target_")
+        shape = tuple(cfg.data.get("input_shape") or DEFAULT_INPUT_SHAPE)
+        return build_model(cfg.model, shape, cfg.model.get("num_classes"), classes_from="model.num_classes={}")
+    except TargetError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_writable(path: str | Path, key: str) -> None:

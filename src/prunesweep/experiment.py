@@ -17,7 +17,6 @@ from typing import Any
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from matplotlib import pyplot as plt
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -42,10 +41,12 @@ from prunesweep.pruning import (
     SensitivityCurves,
     Threshold,
     architecture,
+    check_rebuild,
     compute_masks,
     count_macs,
     count_params,
     export_state_dict,
+    largest_layer,
     latency_ms,
     make_threshold,
     masked_nonzero,
@@ -54,6 +55,7 @@ from prunesweep.pruning import (
     sparse_export,
 )
 from prunesweep.schedules import SCHEDULES, ScheduleJob, masking_prune
+from prunesweep.targets import build_datamodule, build_model, data_signature
 from prunesweep.tracking import PointRun, open_store, run_name
 
 log = logging.getLogger("prunesweep")
@@ -134,7 +136,7 @@ def _tags(cfg: DictConfig, point_hash: str, sweep: SweepContext) -> dict[str, st
 
 def setup_data(cfg: DictConfig, log_fn: Callable[[str], None] = log.info) -> pl.LightningDataModule:
     """``cfg.data`` instantiated, its files fetched and verified, its tensors loaded and split."""
-    datamodule = instantiate(cfg.data, log=log_fn)
+    datamodule = build_datamodule(cfg.data, log=log_fn)
     datamodule.prepare_data()
     datamodule.setup()
     return datamodule
@@ -208,7 +210,7 @@ def _schedule_job(
     return ScheduleJob(
         model=model,
         sparsity=spec.sparsity,
-        prune=masking_prune(model, spec, calib, threshold),
+        prune=masking_prune(model, spec, calib, threshold, example_inputs=_example_input(datamodule)),
         evaluate=lambda: evaluate(model, test_batches),
         finetune=finetune,
         epochs=int(cfg.finetune.epochs),
@@ -218,6 +220,11 @@ def _schedule_job(
         gradual_frequency=int(cfg.pruning.gradual.frequency),
         rewind=_rewinder(cfg, datamodule, point, model),
     )
+
+
+def _example_input(datamodule: pl.LightningDataModule) -> torch.Tensor:
+    """One zero image of the data's shape: what couplings are traced on (not always 1x28x28)."""
+    return torch.zeros(1, *data_signature(datamodule)[0])
 
 
 def _calibration_batches(
@@ -264,7 +271,7 @@ def _calibrate(
 def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun, epochs: int) -> nn.Module:
     """The dense model after ``epochs`` of the training recipe: from the cache, or trained (and cached) now."""
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)  # same init for every epochs
-    model: nn.Module = instantiate(cfg.model)
+    model: nn.Module = build_model(cfg.model, *data_signature(datamodule))
     if epochs == 0:
         return model
     key_cfg = cfg
@@ -349,7 +356,7 @@ def _measure(
     }
     if GRANULARITIES[spec.granularity].structured:
         compact = rebuild(model, plan, example[:2])
-        metrics.update(_rebuilt_metrics(compact, model, example))
+        metrics.update(_rebuilt_metrics(compact, model, example, str(cfg.model.name)))
         point.set_tags({"arch/dense": architecture(dense), "arch/pruned": architecture(compact)})
     else:
         compact = copy.deepcopy(dense)
@@ -383,17 +390,10 @@ def _sparse_metrics(compact: nn.Module, model: nn.Module, input_shape: tuple[int
     }
 
 
-def _rebuilt_metrics(compact: nn.Module, model: nn.Module, example: torch.Tensor) -> dict[str, float]:
-    """Structured: the physically smaller model, checked to compute what the masked one does."""
+def _rebuilt_metrics(compact: nn.Module, model: nn.Module, example: torch.Tensor, name: str) -> dict[str, float]:
+    """Structured: the physically smaller model, refused unless it computes what the masked one does."""
     nonzero, _ = count_params(compact)
-    was_training = model.training
-    try:
-        with torch.inference_mode():
-            diff = float((compact.eval()(example) - model.eval()(example)).abs().max())
-    finally:
-        model.train(was_training)
-    if diff > 1e-4:
-        raise RuntimeError(f"rebuilt model differs from the masked one by {diff:.3g} (max abs)")
+    diff = check_rebuild(model, compact, example, name=name)
     return {
         "params/nonzero": nonzero,
         "rebuild/max_abs_diff": diff,
@@ -420,9 +420,10 @@ def _log_artifacts(
         ),
         (lambda: plots.parameter_counts(layers), "parameter_counts.png"),
     ]
-    if hasattr(dense, "fc1"):
-        pruned_fc1 = export_state_dict(model)["fc1.weight"]
-        figures.append((lambda: plots.weights_before_after(dense.fc1.weight, pruned_fc1, "fc1"), "fc1_weights.png"))
+    layer = OmegaConf.select(cfg, "tracking.weights_figure_layer") or largest_layer(dense)  # LeNet-5: fc1
+    if layer is not None:
+        before, after = dense.get_submodule(layer).weight, export_state_dict(model)[f"{layer}.weight"]
+        figures.append((lambda: plots.weights_before_after(before, after, layer), f"{layer}_weights.png"))
     for make, name in figures:
         fig = make()
         point.log_figure(fig, f"figures/{name}")

@@ -89,15 +89,19 @@ def masking_prune(
     spec: PruningSpec,
     calib: Batches | None = None,
     threshold: Threshold | None = None,
+    example_inputs: torch.Tensor | None = None,
 ) -> Callable[[float, MaskPlan | None], MaskPlan]:
     """The ``prune`` of a job: masks for ``spec`` at a cumulative target (keeping ``previous`` pruned), applied.
 
     ``threshold`` is shared by every call, so one that measures the model (sensitivity) does so once.
+    ``example_inputs`` (one batch of the data's image shape) is what couplings are traced on.
     """
 
     def prune(target: float, previous: MaskPlan | None) -> MaskPlan:
         at_target = dataclasses.replace(spec, sparsity=target)
-        plan = compute_masks(model, at_target, calib, previous=previous, threshold=threshold)
+        plan = compute_masks(
+            model, at_target, calib, previous=previous, threshold=threshold, example_inputs=example_inputs
+        )
         apply_masks(model, plan)
         return plan
 

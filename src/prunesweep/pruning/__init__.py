@@ -7,8 +7,10 @@ holds the order):
 1. :mod:`.spec` — :class:`PruningSpec` (a frozen value) and :class:`PruningConfigError`; imports nothing from here.
 2. :mod:`.units` — ``GRANULARITIES``: ``unstructured`` (single weights) and ``channel`` (filters/neurons, couplings
    traced once by Torch-Pruning's DependencyGraph); :mod:`.structures` adds ``layer``, ``block`` and ``head``
-   (units the model declares in ``structures``).
-3. :mod:`.plan` — :class:`MaskPlan` (a decision as data), :func:`apply_masks`, bypass hooks, exports.
+   (units the model declares in ``structures``); :mod:`.discover` finds those units for a model that declares
+   nothing (channel groups from the DependencyGraph, identity-shortcut residual blocks).
+3. :mod:`.plan` — :class:`MaskPlan` (a decision as data), :func:`apply_masks`, bypass hooks, exports; :mod:`.verify` — the rebuilt
+   model must compute what the masked one does, or the rebuild is refused by name.
 4. Strategies, each a small class whose capabilities are class attributes (``accepts``, ``requires_calibration``,
    ``needs_calibration``, ``uses_normalize``...): :mod:`.importance` — ``IMPORTANCES``: ``l1``, ``l2``, ``taylor``,
    ``entropy``, ``random``; ``activation`` and ``ablation`` for coarse units. :mod:`.thresholds` — ``THRESHOLDS``:
@@ -28,7 +30,8 @@ group for layerwise, across all of them for global). Parameter sparsity over eve
 with :func:`count_params`.
 """
 
-from prunesweep.pruning._util import clone_model
+from prunesweep.pruning._util import classifier_name, clone_model
+from prunesweep.pruning.discover import annotate, largest_layer
 from prunesweep.pruning.importance import IMPORTANCES, Importance
 from prunesweep.pruning.measure import count_macs, count_params, latency_ms, layer_sparsity, size_bytes
 from prunesweep.pruning.plan import (
@@ -61,6 +64,7 @@ from prunesweep.pruning.spec import PruningConfigError, PruningSpec
 from prunesweep.pruning.structures import Block, Head, Layer
 from prunesweep.pruning.thresholds import DISTRIBUTIONS, NORMALIZERS, THRESHOLDS, Threshold
 from prunesweep.pruning.units import GRANULARITIES, Channel, Granularity, Unstructured
+from prunesweep.pruning.verify import REBUILD_TOLERANCE, RebuildMismatch, check_rebuild
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -68,6 +72,7 @@ __all__ = [
     "IMPORTANCES",
     "NORMALIZERS",
     "REBUILDERS",
+    "REBUILD_TOLERANCE",
     "THRESHOLDS",
     "Block",
     "Channel",
@@ -79,18 +84,23 @@ __all__ = [
     "MaskPlan",
     "PruningConfigError",
     "PruningSpec",
+    "RebuildMismatch",
     "Sensitivity",
     "SensitivityCurves",
     "Threshold",
     "Unstructured",
+    "annotate",
     "apply_masks",
     "architecture",
     "available_granularities",
+    "check_rebuild",
+    "classifier_name",
     "clone_model",
     "compute_masks",
     "count_macs",
     "count_params",
     "export_state_dict",
+    "largest_layer",
     "latency_ms",
     "layer_sparsity",
     "load_sparse_export",

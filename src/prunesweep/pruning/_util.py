@@ -58,6 +58,16 @@ def pruned_tensor_names(module: nn.Module) -> list[str]:
     ]
 
 
+def classifier_name(model: nn.Module) -> str | None:
+    """The layer whose outputs are never pruned: ``model.classifier`` when it is a module name, else
+    ``model.classifier_layer`` (for models whose ``classifier`` is a submodule, e.g. torchvision's MobileNet)."""
+    for attribute in ("classifier", "classifier_layer"):
+        value = getattr(model, attribute, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter (CPU for a parameterless model)."""
     for param in model.parameters():

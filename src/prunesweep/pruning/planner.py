@@ -33,7 +33,7 @@ from torch import nn
 
 # Imported for their registrations: the layer/block/head granularities and the sensitivity threshold.
 from prunesweep.pruning import sensitivity, structures  # noqa: F401
-from prunesweep.pruning._util import DEFAULT_INPUT_SHAPE, model_device
+from prunesweep.pruning._util import DEFAULT_INPUT_SHAPE, classifier_name, model_device
 from prunesweep.pruning.importance import IMPORTANCES
 from prunesweep.pruning.plan import LayerReport, MaskPlan, has_module, merge_masks
 from prunesweep.pruning.spec import PruningConfigError, PruningSpec
@@ -193,7 +193,7 @@ def _check_structured(spec: PruningSpec, model: nn.Module, layers: tuple[str, ..
     granularity = GRANULARITIES[spec.granularity]()
     if not granularity.structured:
         return
-    if getattr(model, "classifier", None) is None:
+    if classifier_name(model) is None:
         raise PruningConfigError(
             f"pruning.granularity={spec.granularity} needs {type(model).__name__}.classifier (the layer "
             "whose outputs are never pruned); declare it on the model"
@@ -201,7 +201,7 @@ def _check_structured(spec: PruningSpec, model: nn.Module, layers: tuple[str, ..
     if not any(granularity.has_units(model, layer) for layer in layers):
         raise PruningConfigError(
             f"pruning.layers={_fmt(layers)} has nothing to prune at pruning.granularity="
-            f"{spec.granularity}: the classifier {model.classifier}'s outputs are never pruned"
+            f"{spec.granularity}: the classifier {classifier_name(model)}'s outputs are never pruned"
         )
 
 

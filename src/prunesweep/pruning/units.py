@@ -33,6 +33,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prunesweep.pruning._util import (
+    classifier_name,
     clone_model,
     effective_param,
     is_reparametrized,
@@ -176,7 +177,7 @@ class Channel(Granularity):
     def bind(self, model: nn.Module, example_inputs: torch.Tensor | None = None) -> Channel:
         if example_inputs is None:
             raise ValueError("channel granularity needs example_inputs to trace layer couplings")
-        self._classifier = getattr(model, "classifier", None)
+        self._classifier = classifier_name(model)
         # Trace a deep copy with prune hooks baked in: tracing the live model would see weight_orig*mask
         # products instead of parameters, and must never leave hooks or graph state on the caller's model.
         clean = clone_model(model)
@@ -201,7 +202,7 @@ class Channel(Granularity):
         return tuple(getattr(model, "channel_layers", None) or super().default_layers(model))
 
     def has_units(self, model: nn.Module, layer: str) -> bool:
-        return layer != getattr(model, "classifier", None)
+        return layer != classifier_name(model)
 
     def unit_count(self, module: nn.Module) -> int:
         return effective_param(module, "weight").shape[0]
