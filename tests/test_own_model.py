@@ -128,21 +128,3 @@ def test_a_dataset_target_is_wrapped_and_anything_else_refused_by_key():
     )
     with pytest.raises(TargetError, match=r"data\._target_='builtins\.object' built a object, which is neither"):
         build_datamodule({"_target_": "builtins.object"}, **quiet)
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        "prunesweep.targets",
-        "prunesweep.pruning.discover",
-        "prunesweep.pruning.verify",
-        "prunesweep.models.torchvision",
-        "prunesweep.data.tensors",
-    ],
-)
-def test_docstring_examples_of_the_own_model_modules_run(module: str):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

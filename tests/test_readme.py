@@ -46,6 +46,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
         COMPOSE,
         "36 points; joblib grids run in tests/test_sweep.py",
     ),
+    "prunesweep model=custom model._target_=my_package.models.Net": (COMPOSE, "my_package is the reader's own"),
+    "prunesweep data=image_folder data.path=/data/my_images model.num_classes=5": (
+        COMPOSE,
+        "the reader's folder; tests/test_own_model.py runs one on MNIST PNGs",
+    ),
+    "prunesweep data=torchvision data.dataset=FashionMNIST data.root=/data/torchvision": (
+        COMPOSE,
+        "the reader's files; tests/data/test_data_folder.py reads torchvision's layout offline",
+    ),
+    "prunesweep model=torchvision_resnet18 pruning.granularity=channel pruning.sparsity=0.5": (
+        COMPOSE,
+        "11.2M parameters at 28x28: minutes per epoch; rebuilt vs masked in tests/pruning/test_pruning_discover.py",
+    ),
+    "prunesweep model=mobilenet_v2 pruning.granularity=channel": (
+        COMPOSE,
+        "slow to train here; rebuilt vs masked in tests/pruning/test_pruning_discover.py",
+    ),
     "prunesweep +sweep=default hydra/launcher=submitit_slurm hydra.launcher.cpus_per_task=4": (
         COMPOSE,
         "needs a SLURM cluster",

@@ -25,12 +25,3 @@ def test_split_steps_refuses_zero_rounds():
 def test_only_schedules_that_prune_between_training_phases_rewind():
     assert {name for name, schedule in SCHEDULES.items() if schedule.rewinds} == {"oneshot", "iterative"}
 
-
-def test_docstring_examples_run():
-    """Until pytest runs --doctest-modules on src/, the module's examples are run here."""
-    import doctest
-
-    from prunesweep import schedules
-
-    result = doctest.testmod(schedules)
-    assert result.attempted >= 2 and result.failed == 0
