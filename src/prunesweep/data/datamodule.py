@@ -6,16 +6,12 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 
 from .errors import DataError
 from .idx import read_idx
-from .loaders import InMemoryLoader
+from .inmemory import InMemoryDataModule
 from .sources import DATASETS, DEFAULT_SOURCES, Source, ensure_raw_files
-
-# Offset so calibration batches never coincide with the order of any training epoch (seed + epoch).
-_CALIBRATION_SEED_OFFSET = 1_000_003
 
 
 def default_data_root() -> Path:
@@ -29,7 +25,7 @@ def _load_images(path: Path) -> torch.Tensor:
     return read_idx(path).unsqueeze(1).to(torch.float32).div_(255.0)
 
 
-class MNISTDataModule(pl.LightningDataModule):
+class MNISTDataModule(InMemoryDataModule):
     """MNIST or Fashion-MNIST (``name``) as in-memory tensors with a fixed train/val split.
 
     ``prepare_data`` fetches and verifies the raw files (see :func:`ensure_raw_files`); ``setup`` loads all
@@ -126,39 +122,3 @@ class MNISTDataModule(pl.LightningDataModule):
             f"val_size={self.val_size}, train_subset={self.train_subset}, split_seed={self.split_seed}; "
             f"{sizes})"
         )
-
-    __str__ = __repr__
-
-    def _require_setup(self) -> None:
-        if self.x_train is None:
-            self.setup()
-
-    def train_dataloader(self) -> InMemoryLoader:
-        self._require_setup()
-        return InMemoryLoader(self.x_train, self.y_train, self.batch_size, shuffle=True, seed=self.shuffle_seed)
-
-    def val_dataloader(self) -> InMemoryLoader:
-        self._require_setup()
-        return InMemoryLoader(self.x_val, self.y_val, self.eval_batch_size)
-
-    def test_dataloader(self) -> InMemoryLoader:
-        self._require_setup()
-        return InMemoryLoader(self.x_test, self.y_test, self.eval_batch_size)
-
-    def calibration_batches(self, n: int, batch_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``n`` training batches for pruning-importance estimates; the same ones on every call and run.
-
-        Drawn from their own seeded permutation, so they don't depend on how far training has iterated.
-        """
-        self._require_setup()
-        bs = self.batch_size if batch_size is None else int(batch_size)
-        loader = InMemoryLoader(
-            self.x_train, self.y_train, bs, shuffle=True, seed=self.shuffle_seed + _CALIBRATION_SEED_OFFSET
-        )
-        if not 1 <= n <= len(loader):
-            raise DataError(
-                f"calibration needs 1..{len(loader)} batches of {bs} from {len(self.x_train)} training "
-                f"images; got n={n}"
-            )
-        it = iter(loader)
-        return [next(it) for _ in range(n)]

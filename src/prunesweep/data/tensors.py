@@ -30,12 +30,9 @@ import pytorch_lightning as pl
 import torch
 
 from .errors import DataError
-from .loaders import InMemoryLoader
+from .inmemory import InMemoryDataModule
 
 Pools = dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-# Offset so calibration batches never coincide with the order of any training epoch (seed + epoch).
-_CALIBRATION_SEED_OFFSET = 1_000_003
 
 
 def image_tensor(image: Any) -> torch.Tensor:
@@ -85,7 +82,7 @@ def stack_items(items: Iterable[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.T
     return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
 
-class TensorDataModule(pl.LightningDataModule):
+class TensorDataModule(InMemoryDataModule):
     """Train/val/test tensors in memory with a seeded split (see the module docstring)."""
 
     def __init__(
@@ -175,38 +172,8 @@ class TensorDataModule(pl.LightningDataModule):
             f"{self.num_classes} classes, images {self.input_shape}"
         )
 
-    def __repr__(self) -> str:  # Lightning's default would call every *_dataloader()
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(batch_size={self.batch_size}, split_seed={self.split_seed})"
-
-    __str__ = __repr__
-
-    def _ready(self) -> None:
-        if self.x_train is None:
-            self.setup()
-
-    def train_dataloader(self) -> InMemoryLoader:
-        self._ready()
-        return InMemoryLoader(self.x_train, self.y_train, self.batch_size, shuffle=True, seed=self.shuffle_seed)
-
-    def val_dataloader(self) -> InMemoryLoader:
-        self._ready()
-        return InMemoryLoader(self.x_val, self.y_val, self.eval_batch_size)
-
-    def test_dataloader(self) -> InMemoryLoader:
-        self._ready()
-        return InMemoryLoader(self.x_test, self.y_test, self.eval_batch_size)
-
-    def calibration_batches(self, n: int, batch_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``n`` training batches for importance estimates, the same on every call (their own seeded order)."""
-        self._ready()
-        size = self.batch_size if batch_size is None else int(batch_size)
-        loader = InMemoryLoader(
-            self.x_train, self.y_train, size, shuffle=True, seed=self.shuffle_seed + _CALIBRATION_SEED_OFFSET
-        )
-        if not 1 <= n <= len(loader):
-            raise DataError(f"calibration needs 1..{len(loader)} batches of {size}; got n={n}")
-        batches = iter(loader)
-        return [next(batches) for _ in range(n)]
 
 
 class _Wrapped(TensorDataModule):
