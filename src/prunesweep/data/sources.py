@@ -535,45 +535,56 @@ def _fill(dataset: str, spec: DatasetSpec, raw: Path, sources: list[Source], log
         if not src.serves(dataset):
             skipped.append(src.name)
             continue
-        # Staging next to the raw dir: same filesystem, so os.replace is atomic.
-        staging = Path(tempfile.mkdtemp(prefix=f".staging-{src.name}-", dir=raw.parent))
-        try:
-            try:
-                src.fetch(dataset, staging)
-            except SourceUnavailable as e:
-                failures.append(f"{src.name}: {e}")
-                log(f"[data] {dataset}: source {src.name} unavailable: {e}")
-                continue
-            except Exception as e:  # a buggy or exotic source must not stop the fall-through
-                failures.append(f"{src.name}: {type(e).__name__}: {e}")
-                log(f"[data] {dataset}: source {src.name} failed: {type(e).__name__}: {e}")
-                continue
-            problems = []
-            n_missing = len(missing)
-            stamp = _Stamp(raw)
-            for fname in list(missing):
-                staged = staging / fname
-                problem = _check_file(staged, spec, fname)
-                if problem is not None:
-                    problems.append(problem)
-                    continue
-                # Keep each verified file even if a sibling failed: the next source then only has to
-                # supply the rest, and every file in raw/ is still individually verified.
-                os.replace(staged, raw / fname)
-                stamp.record(raw / fname, spec.md5[fname])
-                missing.remove(fname)
-            stamp.save()
-            if problems:
-                failures.append(f"{src.name}: " + "; ".join(problems))
-                log(f"[data] {dataset}: source {src.name} gave bad files: {'; '.join(problems)}; trying next")
-            if len(missing) < n_missing:
-                used.append(src.name)
-            if not missing:
-                log(f"[data] {dataset}: raw files from {' + '.join(used)}, md5-verified, in {raw}")
-                return raw
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        n_missing = len(missing)
+        failure = _take_from(src, dataset, spec, raw, missing, log)
+        if failure is not None:
+            failures.append(failure)
+        if len(missing) < n_missing:
+            used.append(src.name)
+        if not missing:
+            log(f"[data] {dataset}: raw files from {' + '.join(used)}, md5-verified, in {raw}")
+            return raw
+    raise DataError(_unobtainable(dataset, raw, missing, failures, skipped))
 
+
+def _take_from(
+    src: Source, dataset: str, spec: DatasetSpec, raw: Path, missing: list[str], log: Callable[[str], None]
+) -> str | None:
+    """Fetch from ``src`` and move each verified file into ``raw`` (removing it from ``missing``); the failure."""
+    # Staging next to the raw dir: same filesystem, so os.replace is atomic.
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{src.name}-", dir=raw.parent))
+    try:
+        try:
+            src.fetch(dataset, staging)
+        except SourceUnavailable as e:
+            log(f"[data] {dataset}: source {src.name} unavailable: {e}")
+            return f"{src.name}: {e}"
+        except Exception as e:  # a buggy or exotic source must not stop the fall-through
+            log(f"[data] {dataset}: source {src.name} failed: {type(e).__name__}: {e}")
+            return f"{src.name}: {type(e).__name__}: {e}"
+        problems = []
+        stamp = _Stamp(raw)
+        for fname in list(missing):
+            staged = staging / fname
+            problem = _check_file(staged, spec, fname)
+            if problem is not None:
+                problems.append(problem)
+                continue
+            # Keep each verified file even if a sibling failed: the next source then only has to
+            # supply the rest, and every file in raw/ is still individually verified.
+            os.replace(staged, raw / fname)
+            stamp.record(raw / fname, spec.md5[fname])
+            missing.remove(fname)
+        stamp.save()
+        if not problems:
+            return None
+        log(f"[data] {dataset}: source {src.name} gave bad files: {'; '.join(problems)}; trying next")
+        return f"{src.name}: " + "; ".join(problems)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _unobtainable(dataset: str, raw: Path, missing: list[str], failures: list[str], skipped: list[str]) -> str:
     lines = [f"could not obtain the {dataset} raw files ({', '.join(missing)} missing in {raw})."]
     lines.append("Sources tried:" if failures else "No source serves this dataset.")
     lines += [f"  - {f}" for f in failures]
@@ -583,4 +594,4 @@ def _fill(dataset: str, spec: DatasetSpec, raw: Path, sources: list[Source], log
         f"Fix: put the four IDX files (plain or .gz) in {raw.parent.parent} or {raw.parent}, "
         "or change data.sources to a source that works here."
     )
-    raise DataError("\n".join(lines))
+    return "\n".join(lines)

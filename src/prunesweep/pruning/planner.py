@@ -31,12 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# Imported for their registrations: the layer/block/head granularities and the sensitivity threshold.
-from prunesweep.pruning import sensitivity, structures  # noqa: F401
 from prunesweep.pruning._util import DEFAULT_INPUT_SHAPE, classifier_name, model_device
 from prunesweep.pruning.importance import IMPORTANCES
 from prunesweep.pruning.plan import LayerReport, MaskPlan, has_module, merge_masks
+from prunesweep.pruning.sensitivity import Sensitivity  # noqa: F401  (imported to register it)
 from prunesweep.pruning.spec import PruningConfigError, PruningSpec
+from prunesweep.pruning.structures import Block, Head, Layer  # noqa: F401  (imported to register them)
 from prunesweep.pruning.thresholds import DISTRIBUTIONS, NORMALIZERS, THRESHOLDS, Allocation, Threshold
 from prunesweep.pruning.units import GRANULARITIES, Granularity
 
