@@ -199,7 +199,8 @@ def test_report_three_times_then_register_twice(sweep):
     threshold = sweep["children"]["channel"].data.tags["threshold"]
     assert sorted(model.aliases) == [f"channel-{threshold}", f"unstructured-{threshold}"]
     by_alias = client.get_model_version_by_alias(REGISTERED, f"channel-{threshold}")
-    assert by_alias.model_id == sweep["children"]["channel"].data.tags["model_id"]
+    # the version's source is the logged model (its model_id field is not sent back over REST)
+    assert by_alias.source == f"models:/{sweep['children']['channel'].data.tags['model_id']}"
 
 
 def test_reproduce_a_finished_point(sweep):
