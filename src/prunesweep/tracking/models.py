@@ -2,7 +2,8 @@
 
 ``mlflow.pytorch.log_model`` has no client argument: it resolves the tracking URI from MLflow's global
 state. :func:`log_pruned_model` sets that URI only for the duration of the call and restores it, and passes
-the run id explicitly, so no fluent "active run" is ever started (which would end the point's run on exit).
+a pre-created logged model (source run: the point's), so no fluent "active run" is ever started (which would end
+the point's run on exit).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator, Mapping
 import mlflow
 import numpy as np
 import torch
+from mlflow.entities import LoggedModelOutput
 from mlflow.models import infer_signature
 from torch import nn
 
@@ -49,8 +51,7 @@ def _tracking_uri(uri: str) -> Iterator[None]:
 def log_pruned_model(point: PointRun, model: nn.Module, example: torch.Tensor, metrics: Mapping[str, float]) -> str:
     """Log ``model`` (eval mode, CPU) to the point's run, then ``metrics`` linked to it; return its model id.
 
-    Logged after the model, so each final metric is recorded once, with the model id (log_model links only
-    metrics already in the run, by re-logging them).
+    The final metrics are logged after the model, once each, with its id.
 
     ``example`` is a small input batch: the input example, and what the signature is inferred from.
     """
@@ -67,12 +68,14 @@ def log_pruned_model(point: PointRun, model: nn.Module, example: torch.Tensor, m
         info = mlflow.pytorch.log_model(
             model,
             name=MODEL_NAME,
-            run_id=point.run_id,
             model_id=logged.model_id,
             signature=signature,
             input_example=np.asarray(example.numpy()),
             pip_requirements=pip_requirements(),
         )
+    # The run's output, recorded here rather than by log_model: given the run id, log_model also re-logs every
+    # step-0 metric of the run (epoch 0 of the training curves among them) to link it, doubling those points.
+    point.client.log_outputs(point.run_id, models=[LoggedModelOutput(info.model_id, step=0)])
     point.log_metrics(metrics, model_id=info.model_id)
     return info.model_id
 
