@@ -20,13 +20,17 @@ pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BIN = Path(sys.executable).parent
-PROGRAMS = ("prunesweep", "prunesweep-report", "prunesweep-bench")
+PROGRAMS = ("prunesweep", "prunesweep-report", "prunesweep-bench", "prunesweep-reproduce")
+# Console scripts a stale install may lack (pyproject gained them after `pip install -e .`): run as modules.
+MODULES = {"prunesweep-reproduce": "prunesweep.reproduce"}
 BUDGET = ["data.train_subset=2000", "train.epochs=1", "finetune.epochs=1", "trainer.enable_progress_bar=false"]
 
 RUN = "run"  # really run, with BUDGET and a throwaway store appended
 COMPOSE = "compose"  # compose only (`--cfg job`): the reason says why a full run is not done here
 REPORT = "report"  # prunesweep-report on the sweep that the RUN commands made
 HELP = "help"  # a `--help` command, run as typed
+REGISTER = "register"  # prunesweep-report --register on the smoke sweep, twice: the second adds no version
+REPRODUCE = "reproduce"  # prunesweep-reproduce on a finished point of the smoke sweep
 
 # Every README command (comments stripped, whitespace collapsed) -> (how it is tested, why).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prunesweep +sweep=smoke": (RUN, "8 points on 2,000 images"),
     "prunesweep -m pruning.sparsity=0.5,0.9 pruning.threshold=global,layerwise": (RUN, "4 points; relaunched too"),
     "prunesweep-report sweep-<id> --out report/": (REPORT, "the smoke sweep's id put in for <id>"),
+    "prunesweep-report sweep-<id> --register lenet5-pruned --tolerance 0.5": (REGISTER, "on the smoke sweep, twice"),
+    "prunesweep-reproduce <run_id>": (REPRODUCE, "a smoke sweep point's run id put in for <run_id>"),
     "prunesweep +sweep=default": (COMPOSE, "36 points: 10+ minutes even on a reduced budget"),
     "prunesweep +sweep=seeds": (COMPOSE, "108 points"),
     "prunesweep +sweep=structures": (COMPOSE, "54 points of ResNet and ViT"),
@@ -102,7 +108,11 @@ def test_every_readme_command_is_listed_here():
 
 
 def _run(argv: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
-    argv = [str(BIN / argv[0]), *argv[1:]]
+    script = BIN / argv[0]
+    if not script.exists() and argv[0] in MODULES:
+        argv = [sys.executable, "-m", MODULES[argv[0]], *argv[1:]]
+    else:
+        argv = [str(script), *argv[1:]]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{shlex.join(argv)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -167,3 +177,24 @@ def test_readme_report_command(command, workspace):
 def test_readme_help_command(command):
     out = _run(shlex.split(command)).stdout
     assert "Most useful commands" in out and "is powered by Hydra" not in out
+
+
+@pytest.mark.parametrize("command", _tested_as(REGISTER))
+def test_readme_register_command(command, workspace):
+    sweep_id, _, _ = _sweep(workspace, "prunesweep +sweep=smoke")
+    argv = [*shlex.split(command.replace("sweep-<id>", sweep_id)), "--tracking-uri", workspace["store"]]
+    client = MlflowClient(tracking_uri=workspace["store"])
+    _run(argv)
+    name = argv[argv.index("--register") + 1]
+    versions = len(client.search_model_versions(f"name = '{name}'"))
+    assert "already registered" in _run(argv).stdout or versions == 0
+    assert len(client.search_model_versions(f"name = '{name}'")) == versions, "registering twice added a version"
+
+
+@pytest.mark.parametrize("command", _tested_as(REPRODUCE))
+def test_readme_reproduce_command(command, workspace):
+    _, parent, _ = _sweep(workspace, "prunesweep +sweep=smoke")
+    client = MlflowClient(tracking_uri=workspace["store"])
+    run_id = _children(client, parent)[0].info.run_id
+    proc = _run([*shlex.split(command.replace("<run_id>", run_id)), "--tracking-uri", workspace["store"]])
+    assert "exact ones differing: none" in proc.stdout

@@ -57,6 +57,8 @@ from prunesweep.pruning import (
 from prunesweep.schedules import SCHEDULES, ScheduleJob, masking_prune
 from prunesweep.targets import build_datamodule, build_model, data_signature
 from prunesweep.tracking import PointRun, open_store, run_name
+from prunesweep.tracking.datasets import log_datasets
+from prunesweep.tracking.models import log_point_model
 
 log = logging.getLogger("prunesweep")
 
@@ -147,6 +149,7 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
     point.log_text(OmegaConf.to_yaml(OmegaConf.create(plain(cfg))), "config.yaml")
     datamodule = setup_data(cfg)
+    log_datasets(point, datamodule, str(cfg.data.name))
     test_batches = datamodule.test_dataloader()
 
     model = _dense(cfg, datamodule, point, int(cfg.train.epochs))
@@ -165,15 +168,22 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     if regrown:
         raise RuntimeError(f"{regrown} pruned weights grew back during fine-tuning")
 
-    metrics, layers = _measure(cfg, spec, dense, model, result.plan, next(iter(test_batches))[0], point)
+    example = next(iter(test_batches))[0]
+    metrics, layers, compact = _measure(cfg, spec, dense, model, result.plan, example, point)
     metrics.update({f"acc/{k}": v for k, v in acc.items()})
     metrics["finetune/steps"] = result.finetune_steps
-    point.log_metrics(metrics)
+    if not GRANULARITIES[spec.granularity].structured:
+        _log_state(point, sparse_export(compact)[0], "model/sparse_state.pt")
+    # The rebuilt (structured) or zero-holding (unstructured) model, with every metric linked to it.
+    model_id = log_point_model(point, compact, example, metrics, onnx=bool(cfg.tracking.get("onnx", True)))
+    point.set_tags({"model_id": model_id})
     _log_artifacts(point, cfg, acc, layers, dense, model)
     curves = getattr(threshold, "curves", None)
     if curves is not None:
         _log_sensitivity(point, pd.DataFrame(curves.rows()), result.plan)
-    _print_summary(acc, layers, metrics, result.plan)
+    summary = _summary(acc, layers, metrics, result.plan)
+    log.info("\n%s", summary)
+    point.set_tags({"mlflow.note.content": summary})  # the run's description in the MLflow UI
     return metrics
 
 
@@ -344,8 +354,9 @@ def _measure(
     plan: MaskPlan,
     example: torch.Tensor,
     point: PointRun,
-) -> tuple[dict[str, float], pd.DataFrame]:
-    """Counts, FLOPs, bytes and latency of the pruned vs the dense model, named alike for every method."""
+) -> tuple[dict[str, float], pd.DataFrame, nn.Module]:
+    """Counts, FLOPs, bytes and latency of the pruned vs the dense model, named alike for every method; also the
+    model that was measured (rebuilt when structured, the dense one holding the zeros when not)."""
     total, _ = count_params(dense)
     input_shape = (1, *example.shape[1:])
     metrics: dict[str, float] = {
@@ -375,7 +386,7 @@ def _measure(
         metrics["sparsity/units"] = float(layers["units_pruned"].sum() / units)
     for row in plan.layers:
         metrics[f"sparsity/{row.layer}"] = row.sparsity
-    return metrics, layers
+    return metrics, layers, compact
 
 
 def _sparse_metrics(compact: nn.Module, model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
@@ -428,9 +439,13 @@ def _log_artifacts(
         fig = make()
         point.log_figure(fig, f"figures/{name}")
         plt.close(fig)
+    _log_state(point, export_state_dict(model), "model/pruned_state_dict.pt")
+
+
+def _log_state(point: PointRun, state: Mapping[str, torch.Tensor], artifact_file: str) -> None:
     buffer = io.BytesIO()
-    torch.save(export_state_dict(model), buffer)
-    point.log_bytes(buffer.getvalue(), "model/pruned_state_dict.pt")
+    torch.save(dict(state), buffer)
+    point.log_bytes(buffer.getvalue(), artifact_file)
 
 
 def _log_sensitivity(point: PointRun, curves: pd.DataFrame, plan: MaskPlan) -> None:
@@ -442,9 +457,7 @@ def _log_sensitivity(point: PointRun, curves: pd.DataFrame, plan: MaskPlan) -> N
     plt.close(fig)
 
 
-def _print_summary(
-    acc: Mapping[str, float], layers: pd.DataFrame, metrics: Mapping[str, float], plan: MaskPlan
-) -> None:
+def _summary(acc: Mapping[str, float], layers: pd.DataFrame, metrics: Mapping[str, float], plan: MaskPlan) -> str:
     """The seed's printout: per layer original / remaining / pruned %, totals with biases, accuracies."""
     lines = [f"{'layer':<8}{'original':>10}{'remaining':>11}{'pruned %':>10}"]
     for row in layers.itertuples():
@@ -458,4 +471,4 @@ def _print_summary(
         f"fine-tuned {100 * acc['finetuned']:.2f}%"
     )
     lines.extend(plan.notes)
-    log.info("\n%s", "\n".join(lines))
+    return "\n".join(lines)

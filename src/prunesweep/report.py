@@ -46,7 +46,7 @@ METRIC_COLUMNS = {
     "latency/dense_ms": "latency_dense_ms",
     "latency/pruned_ms": "latency_pruned_ms",
 }
-TAG_COLUMNS = ("model", "granularity", "threshold", "importance", "schedule", "seed", "config_hash")
+TAG_COLUMNS = ("model", "granularity", "threshold", "importance", "schedule", "seed", "config_hash", "model_id")
 
 
 def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) -> pd.DataFrame:
@@ -231,7 +231,18 @@ def log_sweep_report(
     for start in range(0, len(metrics), 1000):
         client.log_batch(parent_run_id, metrics=metrics[start : start + 1000])
     client.set_tag(parent_run_id, "sweep.summary", summary)
+    client.set_tag(parent_run_id, "mlflow.note.content", describe_sweep(client, parent_run_id, summary, table))
     return summary
+
+
+def describe_sweep(client: MlflowClient, parent_run_id: str, summary: str, table: pd.DataFrame) -> str:
+    """The parent run's description: the command that made the sweep, its counts, and the summary table."""
+    tags = client.get_run(parent_run_id).data.tags
+    command = f"prunesweep {tags.get('sweep.overrides', '')}".strip()
+    shown = table.drop(columns=[c for c in ("series",) if c in table]).to_string(
+        index=False, float_format=lambda v: f"{v:.4f}"
+    )
+    return f"Command:\n\n    {command}\n\nPoints: {summary}\n\nSummary per series:\n\n```\n{shown}\n```\n"
 
 
 def unlogged(client: MlflowClient, run_id: str, metrics: list[Metric]) -> list[Metric]:
@@ -288,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///outputs/mlflow.db"))
     parser.add_argument("--experiment", default="prunesweep")
     parser.add_argument("--out", help="also write figures and tables to this folder")
+    parser.add_argument("--register", metavar="NAME", help="register each series' best model under NAME (aliased)")
+    parser.add_argument(
+        "--tolerance", type=float, default=0.5, help="accuracy points below dense a registered model may lose"
+    )
     args = parser.parse_args(argv)
     client = MlflowClient(tracking_uri=args.tracking_uri)
     experiment_id, parent = find_parent(client, args.target, args.experiment)
@@ -313,6 +328,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             print("\nmean over seeds (drop and error in accuracy points):")
             print(by_target[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"\n{summary}; report logged to parent run {parent}", file=sys.stderr)
+    if args.register:
+        _register(client, points, args.register, args.tolerance)
+
+
+def _register(client: MlflowClient, points: pd.DataFrame, name: str, tolerance: float) -> None:
+    from prunesweep.registry import best_per_series, register_best
+
+    best = best_per_series(points, series_columns(points[points["status"] == "FINISHED"]), tolerance)
+    if not len(best):
+        print(f"no point is within {tolerance} accuracy points of dense: nothing registered", file=sys.stderr)
+    for row in register_best(client, name, best):
+        state = "registered" if row["new"] == "True" else "already registered"
+        print(f"{name}@{row['alias']} -> version {row['version']} ({state})")
 
 
 if __name__ == "__main__":

@@ -93,9 +93,10 @@ class PointRun:
         for start in range(0, len(items), MAX_PARAM_BATCH):
             self.client.log_batch(self.run_id, params=items[start : start + MAX_PARAM_BATCH])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0, model_id: str | None = None) -> None:
+        """``model_id`` links the values to an MLflow 3 logged model (its Models-tab columns)."""
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), now, step, model_id=model_id, run_id=self.run_id) for k, v in metrics.items()]
         for start in range(0, len(batch), 1000):
             self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
 
