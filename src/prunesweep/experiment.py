@@ -10,6 +10,7 @@ import dataclasses
 import io
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,7 @@ from prunesweep.pruning import (
     size_bytes,
     sparse_export,
 )
-from prunesweep.schedules import SCHEDULES, ScheduleJob, masking_prune
+from prunesweep.schedules import SCHEDULES, Rebuilt, ScheduleJob, ScheduleResult, masking_prune
 from prunesweep.targets import build_datamodule, build_model, data_signature
 from prunesweep.tracking import PointRun, open_store, run_name
 
@@ -144,6 +145,7 @@ def setup_data(cfg: DictConfig, log_fn: Callable[[str], None] = log.info) -> pl.
 
 def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     """data → dense model → the schedule (prune, rewind, fine-tune) → measure → log."""
+    started = time.perf_counter()
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
     point.log_text(OmegaConf.to_yaml(OmegaConf.create(plain(cfg))), "config.yaml")
     datamodule = setup_data(cfg)
@@ -158,22 +160,28 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     # One threshold object for every step of a schedule: one that measures the model (sensitivity) does so
     # once, on the validation split, before any weight is pruned.
     threshold = make_threshold(spec)
-    result = SCHEDULES[str(cfg.pruning.schedule)](_schedule_job(cfg, spec, threshold, model, datamodule, point))
+    timer: dict[str, float] = {"finetune_s": 0.0}
+    job = _schedule_job(cfg, spec, threshold, model, datamodule, point, timer)
+    result = SCHEDULES[str(cfg.pruning.schedule)](job)
+    finetuned = result.model or model  # what was fine-tuned: the rebuilt model, or the masked one
     acc["pruned"] = result.acc_pruned
-    acc["finetuned"] = evaluate(model, test_batches)
+    acc["finetuned"] = evaluate(finetuned, test_batches)
     regrown = masked_nonzero(model, result.plan)
     if regrown:
         raise RuntimeError(f"{regrown} pruned weights grew back during fine-tuning")
 
-    metrics, layers = _measure(cfg, spec, dense, model, result.plan, next(iter(test_batches))[0], point)
+    metrics, layers = _measure(cfg, spec, dense, model, result, next(iter(test_batches))[0], point)
     metrics.update({f"acc/{k}": v for k, v in acc.items()})
     metrics["finetune/steps"] = result.finetune_steps
+    metrics["time/finetune_s"] = timer["finetune_s"]
     point.log_metrics(metrics)
-    _log_artifacts(point, cfg, acc, layers, dense, model)
+    _log_artifacts(point, cfg, acc, layers, dense, finetuned)
     curves = getattr(threshold, "curves", None)
     if curves is not None:
         _log_sensitivity(point, pd.DataFrame(curves.rows()), result.plan)
     _print_summary(acc, layers, metrics, result.plan)
+    metrics["time/point_s"] = time.perf_counter() - started
+    point.log_metrics({"time/point_s": metrics["time/point_s"]})
     return metrics
 
 
@@ -184,17 +192,25 @@ def _schedule_job(
     model: nn.Module,
     datamodule: pl.LightningDataModule,
     point: PointRun,
+    timer: dict[str, float],
 ) -> ScheduleJob:
-    """What a schedule works with: pruning, evaluating, fine-tuning and rewinding this point's model."""
+    """What a schedule works with: pruning, evaluating, fine-tuning, rewinding and rebuilding this point's model.
+
+    ``timer["finetune_s"]`` accumulates the wall seconds of every fine-tuning fit (``time/finetune_s``).
+    """
     calib = _calibration_batches(spec, datamodule)
     if threshold.needs_calibration:
         _calibrate(cfg, spec, model, threshold, calib, list(datamodule.val_dataloader()), point)
     test_batches = datamodule.test_dataloader()
     steps_per_epoch = len(datamodule.train_dataloader())
+    example = _example_input(datamodule)
 
-    def finetune(callbacks: Sequence[pl.Callback], steps: int | None = None, prefix: str = "") -> int:
+    def finetune(
+        callbacks: Sequence[pl.Callback], steps: int | None = None, prefix: str = "", model: nn.Module | None = None
+    ) -> int:
+        started = time.perf_counter()
         trainer = fit(
-            model,
+            job_model if model is None else model,
             datamodule.train_dataloader(),
             datamodule.val_dataloader(),
             cfg.finetune,
@@ -205,12 +221,21 @@ def _schedule_job(
             prefix=prefix,
             callbacks=callbacks,
         )
+        timer["finetune_s"] += time.perf_counter() - started
         return trainer.global_step
 
+    def rebuilt(plan: MaskPlan) -> Rebuilt:
+        # Checked against the masked model now, when both compute the same thing; the measurement reuses it.
+        compact = rebuild(job_model, plan, example)
+        probe = next(iter(test_batches))[0]
+        return Rebuilt(compact, check_rebuild(job_model, compact, probe, name=str(cfg.model.name)))
+
+    job_model = model
+    rebuilds = GRANULARITIES[spec.granularity].structured and bool(cfg.finetune.get("rebuilt", True))
     return ScheduleJob(
         model=model,
         sparsity=spec.sparsity,
-        prune=masking_prune(model, spec, calib, threshold, example_inputs=_example_input(datamodule)),
+        prune=masking_prune(model, spec, calib, threshold, example_inputs=example),
         evaluate=lambda: evaluate(model, test_batches),
         finetune=finetune,
         epochs=int(cfg.finetune.epochs),
@@ -219,6 +244,7 @@ def _schedule_job(
         gradual_end_fraction=float(cfg.pruning.gradual.end_fraction),
         gradual_frequency=int(cfg.pruning.gradual.frequency),
         rewind=_rewinder(cfg, datamodule, point, model),
+        rebuild=rebuilt if rebuilds else None,
     )
 
 
@@ -341,11 +367,16 @@ def _measure(
     spec: PruningSpec,
     dense: nn.Module,
     model: nn.Module,
-    plan: MaskPlan,
+    result: ScheduleResult,
     example: torch.Tensor,
     point: PointRun,
 ) -> tuple[dict[str, float], pd.DataFrame]:
-    """Counts, FLOPs, bytes and latency of the pruned vs the dense model, named alike for every method."""
+    """Counts, FLOPs, bytes and latency of the pruned vs the dense model, named alike for every method.
+
+    A structured point that fine-tuned its rebuilt model is measured as it is (checked when it was rebuilt);
+    one that fine-tuned the masked model is rebuilt and checked here.
+    """
+    plan = result.plan
     total, _ = count_params(dense)
     input_shape = (1, *example.shape[1:])
     metrics: dict[str, float] = {
@@ -355,8 +386,12 @@ def _measure(
         "size/dense_bytes": size_bytes(dense),
     }
     if GRANULARITIES[spec.granularity].structured:
-        compact = rebuild(model, plan, example[:2])
-        metrics.update(_rebuilt_metrics(compact, model, example, str(cfg.model.name)))
+        rebuilt = result.rebuilt
+        if rebuilt is None:
+            compact = rebuild(model, plan, example[:2])
+            rebuilt = Rebuilt(compact, check_rebuild(model, compact, example, name=str(cfg.model.name)))
+        compact = rebuilt.model
+        metrics.update(_rebuilt_metrics(rebuilt, example))
         point.set_tags({"arch/dense": architecture(dense), "arch/pruned": architecture(compact)})
     else:
         compact = copy.deepcopy(dense)
@@ -390,13 +425,13 @@ def _sparse_metrics(compact: nn.Module, model: nn.Module, input_shape: tuple[int
     }
 
 
-def _rebuilt_metrics(compact: nn.Module, model: nn.Module, example: torch.Tensor, name: str) -> dict[str, float]:
-    """Structured: the physically smaller model, refused unless it computes what the masked one does."""
+def _rebuilt_metrics(rebuilt: Rebuilt, example: torch.Tensor) -> dict[str, float]:
+    """Structured: the physically smaller model, refused (when rebuilt) unless it computed what the masked one did."""
+    compact = rebuilt.model
     nonzero, _ = count_params(compact)
-    diff = check_rebuild(model, compact, example, name=name)
     return {
         "params/nonzero": nonzero,
-        "rebuild/max_abs_diff": diff,
+        "rebuild/max_abs_diff": rebuilt.max_abs_diff,
         "flops/remaining": count_macs(compact, tuple((1, *example.shape[1:])), sparse=False),
         "size/pruned_bytes": size_bytes(compact),
     }
@@ -421,15 +456,16 @@ def _log_artifacts(
         (lambda: plots.parameter_counts(layers), "parameter_counts.png"),
     ]
     layer = OmegaConf.select(cfg, "tracking.weights_figure_layer") or largest_layer(dense)  # LeNet-5: fc1
-    if layer is not None:
-        before, after = dense.get_submodule(layer).weight, export_state_dict(model)[f"{layer}.weight"]
+    after_state = export_state_dict(model)  # a rebuilt model may have lost the layer (layer/block units)
+    if layer is not None and f"{layer}.weight" in after_state:
+        before, after = dense.get_submodule(layer).weight, after_state[f"{layer}.weight"]
         figures.append((lambda: plots.weights_before_after(before, after, layer), f"{layer}_weights.png"))
     for make, name in figures:
         fig = make()
         point.log_figure(fig, f"figures/{name}")
         plt.close(fig)
     buffer = io.BytesIO()
-    torch.save(export_state_dict(model), buffer)
+    torch.save(after_state, buffer)
     point.log_bytes(buffer.getvalue(), "model/pruned_state_dict.pt")
 
 

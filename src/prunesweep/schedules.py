@@ -28,11 +28,26 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Finetune(Protocol):
-    """How a schedule fine-tunes: train the job's model with ``callbacks`` (which hold or update the masks) for
-    ``steps`` optimizer steps (None: the recipe's epochs), logging per-epoch metrics under ``prefix``; return
-    the optimizer steps taken."""
+    """How a schedule fine-tunes: train ``model`` (None: the job's masked model) with ``callbacks`` (which hold or
+    update the masks) for ``steps`` optimizer steps (None: the recipe's epochs), logging per-epoch metrics under
+    ``prefix``; return the optimizer steps taken."""
 
-    def __call__(self, callbacks: Sequence[pl.Callback], steps: int | None = None, prefix: str = "") -> int: ...
+    def __call__(
+        self,
+        callbacks: Sequence[pl.Callback],
+        steps: int | None = None,
+        prefix: str = "",
+        model: nn.Module | None = None,
+    ) -> int: ...
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """The physically smaller copy of the masked model, and how far its outputs were from the masked one's when
+    it was made (``rebuild/max_abs_diff``)."""
+
+    model: nn.Module
+    max_abs_diff: float
 
 
 @dataclass(frozen=True)
@@ -41,7 +56,9 @@ class ScheduleJob:
 
     ``prune(target, previous)`` computes and applies masks at a cumulative target and returns the plan;
     ``evaluate()`` is the test accuracy of the model as it is now; ``rewind()`` (None: no rewinding) resets
-    the surviving weights to the lottery-ticket state, masks kept.
+    the surviving weights to the lottery-ticket state, masks kept. ``rebuild(plan)`` (None: fine-tune the masked
+    model) makes the physically smaller copy that a schedule fine-tunes once its masks are final: a removed unit's
+    weights are zeros that stay zeros, so training without them computes the same thing, for less.
     """
 
     model: nn.Module
@@ -55,6 +72,7 @@ class ScheduleJob:
     gradual_end_fraction: float = 0.6
     gradual_frequency: int = 20
     rewind: Callable[[], None] | None = None
+    rebuild: Callable[[MaskPlan], Rebuilt] | None = None
 
     @property
     def finetune_steps(self) -> int:
@@ -64,11 +82,18 @@ class ScheduleJob:
 
 @dataclass(frozen=True)
 class ScheduleResult:
-    """What a schedule hands back; later additions (e.g. a rebuilt model) go here."""
+    """What a schedule hands back."""
 
     plan: MaskPlan
     acc_pruned: float  # test accuracy once the final masks are applied, before the remaining fine-tuning
     finetune_steps: int  # optimizer steps of fine-tuning, all rounds together
+    #: The fine-tuned rebuilt model when the job rebuilds (then the job's masked model is left as it was pruned).
+    rebuilt: Rebuilt | None = None
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The rebuilt model that was fine-tuned, or None when the masked one was."""
+        return None if self.rebuilt is None else self.rebuilt.model
 
 
 @dataclass(frozen=True)
@@ -122,33 +147,53 @@ def split_steps(total: int, rounds: int) -> list[int]:
     return [share + (1 if index < extra else 0) for index in range(rounds)]
 
 
+def finetune_final(
+    job: ScheduleJob, plan: MaskPlan, steps: int | None = None, prefix: str = ""
+) -> tuple[int, Rebuilt | None]:
+    """Fine-tune once the masks are final: the rebuilt model when the job rebuilds (nothing left to hold), else
+    the masked one with its masks held. Returns the optimizer steps and the rebuilt model (None: masked)."""
+    if job.rebuild is None:
+        return job.finetune([PruningCallback(job.model, plan=plan)], steps=steps, prefix=prefix), None
+    rebuilt = job.rebuild(plan)
+    return job.finetune([], steps=steps, prefix=prefix, model=rebuilt.model), rebuilt
+
+
 def oneshot(job: ScheduleJob) -> ScheduleResult:
-    """Prune to the target once, rewind if asked, then fine-tune with the masks held."""
+    """Prune to the target once, rewind if asked, then fine-tune (the rebuilt model, or masks held)."""
     plan = job.prune(job.sparsity, None)
     if job.rewind is not None:
         job.rewind()
     acc_pruned = job.evaluate()
-    steps = job.finetune([PruningCallback(job.model, plan=plan)])
-    return ScheduleResult(plan, acc_pruned, steps)
+    steps, rebuilt = finetune_final(job, plan)
+    return ScheduleResult(plan, acc_pruned, steps, rebuilt)
 
 
 def iterative(job: ScheduleJob) -> ScheduleResult:
     """Han et al.'s rounds: prune a little more (the same fraction of the survivors each round), rewind if asked
-    (iterative lottery-ticket pruning), fine-tune; the rounds share one-shot's fine-tuning budget exactly."""
+    (iterative lottery-ticket pruning), fine-tune; the rounds share one-shot's fine-tuning budget exactly.
+
+    Only the last round fine-tunes the rebuilt model: the earlier rounds' masks are pinned by the next round's
+    planning, which works on the full-size model. Each round is its own fit (fresh optimizer), so rebuilding at
+    the last one changes nothing but the cost."""
     targets = iterative_targets(job.sparsity, job.rounds)
     plan: MaskPlan | None = None
-    acc_pruned, steps = 0.0, 0
+    acc_pruned, steps, rebuilt = 0.0, 0, None
     for index, (target, budget) in enumerate(zip(targets, split_steps(job.finetune_steps, job.rounds), strict=True)):
         plan = job.prune(target, plan)
         if job.rewind is not None:
             job.rewind()
         acc_pruned = job.evaluate()
         log.info("round %d/%d: sparsity target %.4f, pruned accuracy %.4f", index + 1, job.rounds, target, acc_pruned)
-        if budget:  # more rounds than steps: the last rounds prune without training in between
-            callbacks = [PruningCallback(job.model, plan=plan)]
-            steps += job.finetune(callbacks, steps=budget, prefix=f"round{index + 1}/")
+        prefix = f"round{index + 1}/"
+        if index == job.rounds - 1:
+            taken, rebuilt = finetune_final(job, plan, steps=budget, prefix=prefix) if budget else (0, None)
+            steps += taken
+        elif budget:  # more rounds than steps: the last rounds prune without training in between
+            steps += job.finetune([PruningCallback(job.model, plan=plan)], steps=budget, prefix=prefix)
     assert plan is not None  # rounds >= 1
-    return ScheduleResult(plan, acc_pruned, steps)
+    if rebuilt is None and job.rebuild is not None:  # no steps left for the last round: still hand back the rebuild
+        rebuilt = job.rebuild(plan)
+    return ScheduleResult(plan, acc_pruned, steps, rebuilt)
 
 
 def gradual(job: ScheduleJob) -> ScheduleResult:
