@@ -32,7 +32,8 @@ REWINDING_SCHEDULES = tuple(name for name, schedule in schedules.SCHEDULES.items
 _NOT_IN_HASH = ("tracking", "paths", "trainer", "threads", "hydra")
 _DATA_KEYS_NOT_IN_HASH = ("root", "sources", "eval_batch_size", "_target_")
 # Keys left out of the hash while at their default: added after sweeps had finished points, and at the default they
-# compute what those points computed (a rebuilt model fine-tunes exactly like the masked one; tests/test_equivalence).
+# compute what those points computed (the rebuilt model fine-tunes exactly like the masked one, as
+# tests/pruning/test_pruning_rebuilt_training.py shows).
 _HASHED_UNLESS_DEFAULT = {("finetune", "rebuilt"): True}
 
 

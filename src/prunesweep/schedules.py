@@ -197,20 +197,30 @@ def iterative(job: ScheduleJob) -> ScheduleResult:
 
 
 def gradual(job: ScheduleJob) -> ScheduleResult:
-    """Zhu & Gupta's AGP: the masks tighten every few steps during fine-tuning, along a cubic, then stay."""
+    """Zhu & Gupta's AGP: the masks tighten every few steps during fine-tuning, along a cubic, then stay. When the job
+    rebuilds, the steps after the last update train the rebuilt model, in the same fit (same data order, same
+    optimizer state and learning-rate schedule)."""
     if job.rewind is not None:  # config validation refuses it first; a job built by hand must not be ignored either
         raise ValueError("the gradual schedule does not rewind: it prunes during training (Schedule.rewinds)")
     agp = GradualSchedule.over(job.sparsity, job.finetune_steps, job.gradual_end_fraction, job.gradual_frequency)
     final: dict[str, float] = {}
+    made: list[Rebuilt] = []
+
+    def rebuild(plan: MaskPlan) -> nn.Module:
+        assert job.rebuild is not None
+        made.append(job.rebuild(plan))
+        return made[-1].model
+
     callback = PruningCallback(
         job.model,
         prune=job.prune,
         schedule=agp,
         on_final=lambda _plan: final.setdefault("pruned", job.evaluate()),
+        rebuild=None if job.rebuild is None else rebuild,  # the steps after the last mask update train it
     )
     steps = job.finetune([callback])
     assert callback.plan is not None  # the callback applies the final masks at the latest when training ends
-    return ScheduleResult(callback.plan, final["pruned"], steps)
+    return ScheduleResult(callback.plan, final["pruned"], steps, made[-1] if made else None)
 
 
 SCHEDULES: dict[str, Schedule] = {

@@ -9,8 +9,8 @@ holds the order):
    traced once by Torch-Pruning's DependencyGraph); :mod:`.structures` adds ``layer``, ``block`` and ``head``
    (units the model declares in ``structures``); :mod:`.discover` finds those units for a model that declares
    nothing (channel groups from the DependencyGraph, identity-shortcut residual blocks).
-3. :mod:`.plan` — :class:`MaskPlan` (a decision as data), :func:`apply_masks`, bypass hooks, exports; :mod:`.verify` — the rebuilt
-   model must compute what the masked one does, or the rebuild is refused by name.
+3. :mod:`.plan` — :class:`MaskPlan` (a decision as data), :func:`apply_masks`, bypass hooks, exports;
+   :mod:`.verify` — the rebuilt model must compute what the masked one does, or the rebuild is refused by name.
 4. Strategies, each a small class whose capabilities are class attributes (``accepts``, ``requires_calibration``,
    ``needs_calibration``, ``uses_normalize``...): :mod:`.importance` — ``IMPORTANCES``: ``l1``, ``l2``, ``taylor``,
    ``entropy``, ``random``; ``activation`` and ``ablation`` for coarse units. :mod:`.thresholds` — ``THRESHOLDS``:
@@ -56,6 +56,7 @@ from prunesweep.pruning.reconstruct import (
     rebuild,
     rebuild_channels,
     rebuild_heads,
+    rebuild_like,
     rebuild_modules,
     sparse_export,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "rebuild",
     "rebuild_channels",
     "rebuild_heads",
+    "rebuild_like",
     "rebuild_modules",
     "resolve_layers",
     "size_bytes",
