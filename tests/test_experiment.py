@@ -109,6 +109,11 @@ def test_second_point_reuses_the_dense_model(make_cfg, tiny_overrides, store_uri
     reused = runs["unstructured-global-s0.90-seed0"]
     assert reused.data.tags["dense_cached"] == "True"
     assert reused.data.metrics["acc/dense"] == runs["unstructured-layerwise-s0.50-seed0"].data.metrics["acc/dense"]
+    # the dense model's accuracy, FLOPs and latency are measured once, by the first point, and cached beside it
+    assert runs["unstructured-layerwise-s0.50-seed0"].data.tags["dense_measures_cached"] == "False"
+    assert reused.data.tags["dense_measures_cached"] == "True"
+    for key in ("latency/dense_ms_b1", "latency/dense_ms_b256", "flops/dense"):
+        assert reused.data.metrics[key] == runs["unstructured-layerwise-s0.50-seed0"].data.metrics[key] > 0
     assert "dense/train/loss" not in reused.data.metrics
     assert reused.data.metrics["sparsity/achieved"] == pytest.approx(0.9 * 430_500 / 431_080, abs=1e-6)
 

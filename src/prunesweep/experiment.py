@@ -62,6 +62,8 @@ from prunesweep.tracking import PointRun, open_store, run_name
 log = logging.getLogger("prunesweep")
 
 LATENCY_BATCHES = (1, 256)
+#: Wall seconds one latency measurement (a model at a batch size) may take: a fixed cost per point, whatever the model.
+LATENCY_BUDGET_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,9 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
 
     model = _dense(cfg, datamodule, point, int(cfg.train.epochs))
     dense = copy.deepcopy(model)
-    acc = {"dense": evaluate(model, test_batches)}
+    example = next(iter(test_batches))[0]
+    dense_metrics = _dense_metrics(cfg, dense, test_batches, tuple(example.shape[1:]), point)
+    acc = {"dense": dense_metrics["acc/dense"]}
     log.info("dense test accuracy %.4f", acc["dense"])
 
     spec = pruning_spec(cfg)
@@ -170,7 +174,7 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     if regrown:
         raise RuntimeError(f"{regrown} pruned weights grew back during fine-tuning")
 
-    metrics, layers = _measure(cfg, spec, dense, model, result, next(iter(test_batches))[0], point)
+    metrics, layers = _measure(cfg, spec, dense_metrics, dense, model, result, example, point)
     metrics.update({f"acc/{k}": v for k, v in acc.items()})
     metrics["finetune/steps"] = result.finetune_steps
     metrics["time/finetune_s"] = timer["finetune_s"]
@@ -224,14 +228,7 @@ def _schedule_job(
         timer["finetune_s"] += time.perf_counter() - started
         return trainer.global_step
 
-    def rebuilt(plan: MaskPlan) -> Rebuilt:
-        # Checked against the masked model now, when both compute the same thing; the measurement reuses it.
-        compact = rebuild(job_model, plan, example)
-        probe = next(iter(test_batches))[0]
-        return Rebuilt(compact, check_rebuild(job_model, compact, probe, name=str(cfg.model.name)))
-
     job_model = model
-    rebuilds = GRANULARITIES[spec.granularity].structured and bool(cfg.finetune.get("rebuilt", True))
     return ScheduleJob(
         model=model,
         sparsity=spec.sparsity,
@@ -244,8 +241,24 @@ def _schedule_job(
         gradual_end_fraction=float(cfg.pruning.gradual.end_fraction),
         gradual_frequency=int(cfg.pruning.gradual.frequency),
         rewind=_rewinder(cfg, datamodule, point, model),
-        rebuild=rebuilt if rebuilds else None,
+        rebuild=_rebuilder(cfg, spec, model, example, next(iter(test_batches))[0]),
     )
+
+
+def _rebuilder(
+    cfg: DictConfig, spec: PruningSpec, model: nn.Module, example: torch.Tensor, probe: torch.Tensor
+) -> Callable[[MaskPlan], Rebuilt] | None:
+    """The job's ``rebuild``: structured points fine-tune the physically smaller model unless
+    ``finetune.rebuilt=false``. It is checked against the masked model on ``probe`` when it is made, while both
+    compute the same thing; the measurement reuses that check."""
+    if not (GRANULARITIES[spec.granularity].structured and bool(cfg.finetune.get("rebuilt", True))):
+        return None
+
+    def rebuilt(plan: MaskPlan) -> Rebuilt:
+        compact = rebuild(model, plan, example)
+        return Rebuilt(compact, check_rebuild(model, compact, probe, name=str(cfg.model.name)))
+
+    return rebuilt
 
 
 def _example_input(datamodule: pl.LightningDataModule) -> torch.Tensor:
@@ -362,9 +375,35 @@ def _rewind(model: nn.Module, initial_state: Mapping[str, torch.Tensor]) -> None
                 tensor.copy_(initial_state[plain_name])
 
 
+def _dense_metrics(
+    cfg: DictConfig, dense: nn.Module, test_batches: Any, image_shape: tuple[int, ...], point: PointRun
+) -> dict[str, float]:
+    """The dense model's accuracy, counts, FLOPs and latency: measured once per dense model and cached beside it
+    (every point of a sweep shares them). Latency depends on the thread count, so that is part of the key."""
+
+    def measure() -> dict[str, float]:
+        metrics = {
+            "acc/dense": evaluate(dense, test_batches),
+            "params/total": count_params(dense)[0],
+            "flops/dense": count_macs(dense, (1, *image_shape), sparse=False),
+            "size/dense_bytes": size_bytes(dense),
+        }
+        for batch in LATENCY_BATCHES:
+            metrics[f"latency/dense_ms_b{batch}"] = latency_ms(
+                dense, batch, input_shape=image_shape, budget_s=LATENCY_BUDGET_S
+            )
+        return metrics
+
+    key = f"{dense_key(cfg)}-measures-{'x'.join(map(str, image_shape))}-t{torch.get_num_threads()}"
+    metrics, measured = cache.json_or_compute(cfg.paths.dense_cache, key, measure, log=log.info, what="dense measures")
+    point.set_tags({"dense_measures_cached": not measured})
+    return metrics
+
+
 def _measure(
     cfg: DictConfig,
     spec: PruningSpec,
+    dense_metrics: Mapping[str, float],
     dense: nn.Module,
     model: nn.Module,
     result: ScheduleResult,
@@ -377,14 +416,10 @@ def _measure(
     one that fine-tuned the masked model is rebuilt and checked here.
     """
     plan = result.plan
-    total, _ = count_params(dense)
+    total = int(dense_metrics["params/total"])
     input_shape = (1, *example.shape[1:])
-    metrics: dict[str, float] = {
-        "sparsity/target": spec.sparsity,
-        "params/total": total,
-        "flops/dense": count_macs(dense, input_shape, sparse=False),
-        "size/dense_bytes": size_bytes(dense),
-    }
+    metrics: dict[str, float] = {"sparsity/target": spec.sparsity}
+    metrics.update({k: v for k, v in dense_metrics.items() if not k.startswith("acc/")})
     if GRANULARITIES[spec.granularity].structured:
         rebuilt = result.rebuilt
         if rebuilt is None:
@@ -399,8 +434,9 @@ def _measure(
         metrics.update(_sparse_metrics(compact, model, input_shape))
     metrics["sparsity/achieved"] = 1.0 - metrics["params/nonzero"] / total
     for batch in LATENCY_BATCHES:
-        metrics[f"latency/dense_ms_b{batch}"] = latency_ms(dense, batch, input_shape=tuple(example.shape[1:]))
-        metrics[f"latency/pruned_ms_b{batch}"] = latency_ms(compact, batch, input_shape=tuple(example.shape[1:]))
+        metrics[f"latency/pruned_ms_b{batch}"] = latency_ms(
+            compact, batch, input_shape=tuple(example.shape[1:]), budget_s=LATENCY_BUDGET_S
+        )
     metrics["latency/dense_ms"] = metrics[f"latency/dense_ms_b{LATENCY_BATCHES[-1]}"]
     metrics["latency/pruned_ms"] = metrics[f"latency/pruned_ms_b{LATENCY_BATCHES[-1]}"]
 
