@@ -75,7 +75,7 @@ def _job(model: nn.Module, schedule: str, recipe: dict, rebuilds: bool) -> Sched
         model=model,
         sparsity=spec.sparsity,
         prune=masking_prune(model, spec, example_inputs=EXAMPLE),
-        evaluate=lambda: 0.0,
+        evaluate=lambda model=None: 0.0,
         finetune=finetune,
         epochs=int(recipe["epochs"]),
         steps_per_epoch=len(batches),

@@ -63,7 +63,7 @@ log = logging.getLogger("prunesweep")
 
 LATENCY_BATCHES = (1, 256)
 #: Wall seconds one latency measurement (a model at a batch size) may take: a fixed cost per point, whatever the model.
-LATENCY_BUDGET_S = 0.5
+LATENCY_BUDGET_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ def _schedule_job(
         model=model,
         sparsity=spec.sparsity,
         prune=masking_prune(model, spec, calib, threshold, example_inputs=example),
-        evaluate=lambda: evaluate(model, test_batches),
+        evaluate=lambda other=None: evaluate(model if other is None else other, test_batches),
         finetune=finetune,
         epochs=int(cfg.finetune.epochs),
         steps_per_epoch=steps_per_epoch,
@@ -241,7 +241,7 @@ def _schedule_job(
         gradual_end_fraction=float(cfg.pruning.gradual.end_fraction),
         gradual_frequency=int(cfg.pruning.gradual.frequency),
         rewind=_rewinder(cfg, datamodule, point, model),
-        rebuild=_rebuilder(cfg, spec, model, example, next(iter(test_batches))[0]),
+        rebuild=_rebuilder(cfg, spec, model, example, next(iter(test_batches))[0][:256]),
     )
 
 

@@ -41,6 +41,12 @@ class Finetune(Protocol):
     ) -> int: ...
 
 
+class Evaluate(Protocol):
+    """Test accuracy of ``model`` as it is now (None: the job's masked model)."""
+
+    def __call__(self, model: nn.Module | None = None) -> float: ...
+
+
 @dataclass(frozen=True)
 class Rebuilt:
     """The physically smaller copy of the masked model, and how far its outputs were from the masked one's when
@@ -55,16 +61,17 @@ class ScheduleJob:
     """Everything a schedule needs, with the Hydra config already read.
 
     ``prune(target, previous)`` computes and applies masks at a cumulative target and returns the plan;
-    ``evaluate()`` is the test accuracy of the model as it is now; ``rewind()`` (None: no rewinding) resets
-    the surviving weights to the lottery-ticket state, masks kept. ``rebuild(plan)`` (None: fine-tune the masked
-    model) makes the physically smaller copy that a schedule fine-tunes once its masks are final: a removed unit's
-    weights are zeros that stay zeros, so training without them computes the same thing, for less.
+    ``evaluate(model=None)`` is the test accuracy of a model as it is now (the masked one by default); ``rewind()``
+    (None: no rewinding) resets the surviving weights to the lottery-ticket state, masks kept. ``rebuild(plan)``
+    (None: fine-tune the masked model) makes the physically smaller copy that a schedule fine-tunes once its masks
+    are final: a removed unit's weights are zeros that stay zeros, so training without them computes the same thing,
+    for less.
     """
 
     model: nn.Module
     sparsity: float
     prune: Callable[[float, MaskPlan | None], MaskPlan]
-    evaluate: Callable[[], float]
+    evaluate: Evaluate
     finetune: Finetune
     epochs: int  # finetune.epochs
     steps_per_epoch: int
@@ -147,24 +154,30 @@ def split_steps(total: int, rounds: int) -> list[int]:
     return [share + (1 if index < extra else 0) for index in range(rounds)]
 
 
+def rebuild_final(job: ScheduleJob, plan: MaskPlan) -> Rebuilt | None:
+    """The rebuilt model once the masks are final, or None when the job fine-tunes the masked one."""
+    return None if job.rebuild is None else job.rebuild(plan)
+
+
 def finetune_final(
-    job: ScheduleJob, plan: MaskPlan, steps: int | None = None, prefix: str = ""
-) -> tuple[int, Rebuilt | None]:
-    """Fine-tune once the masks are final: the rebuilt model when the job rebuilds (nothing left to hold), else
-    the masked one with its masks held. Returns the optimizer steps and the rebuilt model (None: masked)."""
-    if job.rebuild is None:
-        return job.finetune([PruningCallback(job.model, plan=plan)], steps=steps, prefix=prefix), None
-    rebuilt = job.rebuild(plan)
-    return job.finetune([], steps=steps, prefix=prefix, model=rebuilt.model), rebuilt
+    job: ScheduleJob, plan: MaskPlan, rebuilt: Rebuilt | None, steps: int | None = None, prefix: str = ""
+) -> int:
+    """Fine-tune once the masks are final: the rebuilt model when there is one (nothing left to hold), else the
+    masked one with its masks held. Returns the optimizer steps."""
+    if rebuilt is None:
+        return job.finetune([PruningCallback(job.model, plan=plan)], steps=steps, prefix=prefix)
+    return job.finetune([], steps=steps, prefix=prefix, model=rebuilt.model)
 
 
 def oneshot(job: ScheduleJob) -> ScheduleResult:
-    """Prune to the target once, rewind if asked, then fine-tune (the rebuilt model, or masks held)."""
+    """Prune to the target once, rewind if asked, then fine-tune (the rebuilt model, or masks held). The pruned
+    accuracy is measured on the rebuilt model when there is one: the same outputs, at a fraction of the cost."""
     plan = job.prune(job.sparsity, None)
     if job.rewind is not None:
         job.rewind()
-    acc_pruned = job.evaluate()
-    steps, rebuilt = finetune_final(job, plan)
+    rebuilt = rebuild_final(job, plan)
+    acc_pruned = job.evaluate(None if rebuilt is None else rebuilt.model)
+    steps = finetune_final(job, plan, rebuilt)
     return ScheduleResult(plan, acc_pruned, steps, rebuilt)
 
 
@@ -182,17 +195,16 @@ def iterative(job: ScheduleJob) -> ScheduleResult:
         plan = job.prune(target, plan)
         if job.rewind is not None:
             job.rewind()
-        acc_pruned = job.evaluate()
+        last = index == job.rounds - 1
+        rebuilt = rebuild_final(job, plan) if last else None
+        acc_pruned = job.evaluate(None if rebuilt is None else rebuilt.model)
         log.info("round %d/%d: sparsity target %.4f, pruned accuracy %.4f", index + 1, job.rounds, target, acc_pruned)
         prefix = f"round{index + 1}/"
-        if index == job.rounds - 1:
-            taken, rebuilt = finetune_final(job, plan, steps=budget, prefix=prefix) if budget else (0, None)
-            steps += taken
+        if budget and last:
+            steps += finetune_final(job, plan, rebuilt, steps=budget, prefix=prefix)
         elif budget:  # more rounds than steps: the last rounds prune without training in between
             steps += job.finetune([PruningCallback(job.model, plan=plan)], steps=budget, prefix=prefix)
     assert plan is not None  # rounds >= 1
-    if rebuilt is None and job.rebuild is not None:  # no steps left for the last round: still hand back the rebuild
-        rebuilt = job.rebuild(plan)
     return ScheduleResult(plan, acc_pruned, steps, rebuilt)
 
 
@@ -215,7 +227,7 @@ def gradual(job: ScheduleJob) -> ScheduleResult:
         job.model,
         prune=job.prune,
         schedule=agp,
-        on_final=lambda _plan: final.setdefault("pruned", job.evaluate()),
+        on_final=lambda _plan: final.setdefault("pruned", job.evaluate(made[-1].model if made else None)),
         rebuild=None if job.rebuild is None else rebuild,  # the steps after the last mask update train it
     )
     steps = job.finetune([callback])

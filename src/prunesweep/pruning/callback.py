@@ -25,10 +25,11 @@ class PruningCallback(pl.Callback):
     """Prune on ``schedule`` (if any) and check after every epoch that masked weights are still exactly zero.
 
     ``prune(target, previous_plan)`` computes and applies masks for a target sparsity and returns the plan;
-    ``on_final(plan)`` runs once when the last mask update of the schedule has been applied (e.g. to
-    measure accuracy before the remaining recovery steps). ``rebuild(plan)`` (optional) makes the physically smaller
-    model: once the final masks are applied, training goes on with it instead of the masked model, with the
-    optimizer's state cut to match (:meth:`continue_with`), so the remaining steps compute the same, for less.
+    ``on_final(plan)`` runs once when the last mask update of the schedule has been applied, and the model rebuilt
+    if asked (e.g. to measure accuracy before the remaining recovery steps). ``rebuild(plan)`` (optional) makes the
+    physically smaller model: once the final masks are applied, training goes on with it instead of the masked
+    model, with the optimizer's state cut to match (:meth:`continue_with`), so the remaining steps compute the
+    same, for less.
     """
 
     def __init__(
@@ -64,11 +65,11 @@ class PruningCallback(pl.Callback):
         self.updates += 1
         if step >= self.schedule.end_step:
             self.final_reached = True
-            if self.on_final is not None:
-                self.on_final(self.plan)
             if self.rebuild is not None:
                 self.rebuilt = self.rebuild(self.plan)
                 self.continue_with(trainer, pl_module, self.rebuilt)
+            if self.on_final is not None:
+                self.on_final(self.plan)
 
     def continue_with(self, trainer: pl.Trainer, pl_module: pl.LightningModule, rebuilt: nn.Module) -> None:
         """Train ``rebuilt`` from the next step on: it replaces the masked model in ``pl_module``, and a new optimizer
@@ -107,10 +108,10 @@ class PruningCallback(pl.Callback):
             # Fewer steps than the schedule expected (e.g. a tiny subset): finish the schedule anyway.
             self.plan = self.prune(self.schedule.final, self.plan)
             self.final_reached = True
+            if self.rebuild is not None:
+                self.rebuilt = self.rebuild(self.plan)  # no step left to train it, but the caller measures it
             if self.on_final is not None:
                 self.on_final(self.plan)
-        if self.rebuild is not None and self.rebuilt is None and self.plan is not None:
-            self.rebuilt = self.rebuild(self.plan)  # no step left to train it, but the caller measures it
         self.check()
 
     def check(self) -> None:
