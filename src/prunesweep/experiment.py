@@ -167,7 +167,7 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     timer: dict[str, float] = {"finetune_s": 0.0}
     job = _schedule_job(cfg, spec, threshold, model, datamodule, point, timer)
     result = SCHEDULES[str(cfg.pruning.schedule)](job)
-    finetuned = result.model or model  # what was fine-tuned: the rebuilt model, or the masked one
+    finetuned = model if result.model is None else result.model  # what was fine-tuned: rebuilt, or masked
     acc["pruned"] = result.acc_pruned
     acc["finetuned"] = evaluate(finetuned, test_batches)
     regrown = masked_nonzero(model, result.plan)
