@@ -75,3 +75,13 @@ def test_training_the_rebuilt_model_equals_training_the_masked_one(model_cls, gr
         moved = (masked.eval()(x) - _model(model_cls).eval()(x)).abs().max().item()
     assert moved > 1e-3  # the steps changed the model, so the comparison below is not vacuous
     assert check_rebuild(masked, rebuilt, x, name=model_cls.__name__) <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_the_rebuilt_model_keeps_the_masked_models_mode(mode: str) -> None:
+    """Lightning keeps the modes it is given: a rebuilt ResNet left in eval mode by tracing would fine-tune its
+    BatchNorm on running statistics, unlike the masked model."""
+    masked = _model(ResNet).train(mode == "train")
+    apply_masks(masked, plan := compute_masks(masked, PruningSpec(sparsity=0.5, granularity="channel")))
+    rebuilt = rebuild(masked, plan, EXAMPLE)
+    assert {module.training for module in rebuilt.modules()} == {mode == "train"}

@@ -140,7 +140,13 @@ def rebuild(model: nn.Module, plan: MaskPlan, example_inputs: torch.Tensor | Non
     rebuilder = REBUILDERS.get(plan.granularity)
     if rebuilder is None:
         raise ValueError(f"no physical rebuild for granularity {plan.granularity!r}; known: {sorted(REBUILDERS)}")
-    return rebuilder(model, plan, example_inputs)
+    rebuilt = rebuilder(model, plan, example_inputs)
+    # Tracing leaves the copy in eval mode; a rebuilt model that is fine-tuned must train like the masked one
+    # (BatchNorm on batch statistics), and Lightning keeps the modes it is given.
+    modes = {name: module.training for name, module in model.named_modules()}
+    for name, module in rebuilt.named_modules():
+        module.training = modes.get(name, model.training)
+    return rebuilt
 
 
 def rebuild_like(
