@@ -194,3 +194,15 @@ def test_data_limits_come_from_the_dataset_spec(make_cfg):
         validate(make_cfg(f"data.train_subset={images - 4999}"))
     with pytest.raises(ConfigError, match=rf"data.val_size={images} is out of range"):
         validate(make_cfg(f"data.val_size={images}"))
+
+
+def test_finetune_rebuilt_keeps_the_hashes_of_points_finished_before_it(make_cfg):
+    """At its default (true) the key is left out of the hash: a sweep resumed after the upgrade still finds its
+    finished points (they trained the masked model, which computes the same). false is another point."""
+    new = make_cfg()
+    assert new.finetune.rebuilt is True
+    old = make_cfg("~finetune.rebuilt")  # the config as it was before the key existed
+    assert config_hash(new) == config_hash(old)
+    assert config_hash(new) != config_hash(make_cfg("finetune.rebuilt=false"))
+    with pytest.raises(ConfigError, match=r"finetune.rebuilt='yes' must be true or false"):
+        validate(make_cfg("finetune.rebuilt=yes"))

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from prunesweep.bench.settings import point_config
 from prunesweep.experiment import setup_data
-from prunesweep.lit import evaluate, fit
+from prunesweep.lit import evaluate, fit, select_device
 from prunesweep.models import LeNet5
 
 IMAGES = 1024  # 4 batches of 256
@@ -90,3 +90,21 @@ def test_evaluate_restores_the_mode_even_when_a_batch_fails():
     assert not model.training  # and an eval-mode model stays in eval mode
     with pytest.raises(ValueError, match="no batches"):
         evaluate(model, [])
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "cuda", "expected"),
+    [("cpu", True, "cpu"), ("auto", False, "cpu"), ("auto", True, "cuda"), ("gpu", True, "cuda")],
+)
+def test_select_device_follows_the_trainer_config(accelerator, cuda, expected):
+    assert select_device({"accelerator": accelerator}, cuda_available=cuda).type == expected
+
+
+def test_select_device_refuses_a_gpu_that_is_not_there(make_cfg):
+    with pytest.raises(RuntimeError, match="no CUDA device is visible; use trainer=cpu"):
+        select_device({"accelerator": "gpu"}, cuda_available=False)
+    with pytest.raises(ValueError, match=r"trainer\.accelerator='tpu' is not supported"):
+        select_device({"accelerator": "tpu"}, cuda_available=True)
+    gpu = make_cfg("trainer=gpu").trainer
+    assert gpu.accelerator == "auto" and gpu.precision == "32-true"
+    assert select_device(gpu, cuda_available=False).type == "cpu"  # trainer=gpu still runs on a CPU-only machine

@@ -31,6 +31,10 @@ REWINDING_SCHEDULES = tuple(name for name, schedule in schedules.SCHEDULES.items
 # They are left out of the config hash, so a resumed sweep recognises its finished points.
 _NOT_IN_HASH = ("tracking", "paths", "trainer", "threads", "hydra")
 _DATA_KEYS_NOT_IN_HASH = ("root", "sources", "eval_batch_size", "_target_")
+# Keys left out of the hash while at their default: added after sweeps had finished points, and at the default they
+# compute what those points computed (the rebuilt model fine-tunes exactly like the masked one, as
+# tests/pruning/test_pruning_rebuilt_training.py shows).
+_HASHED_UNLESS_DEFAULT = {("finetune", "rebuilt"): True}
 
 
 class ConfigError(ValueError):
@@ -87,6 +91,8 @@ def _check_recipes(cfg: DictConfig) -> None:
         if cfg[stage].get("lr_schedule") is not None:  # optional key: absent = constant (keeps old hashes)
             _choice(cfg, f"{stage}.lr_schedule", LR_SCHEDULES)
     _integer(cfg, "train.batch_size", low=1)
+    if not isinstance(cfg.finetune.get("rebuilt", True), bool):
+        raise ConfigError(f"finetune.rebuilt={cfg.finetune.rebuilt!r} must be true or false")
 
 
 def _check_schedule(cfg: DictConfig) -> None:
@@ -192,6 +198,9 @@ def config_hash(cfg: DictConfig) -> str:
     """Identity of a sweep point: everything that determines its numbers, nothing that only places it."""
     data = {k: v for k, v in plain(cfg).items() if k not in _NOT_IN_HASH}
     data["data"] = {k: v for k, v in data.get("data", {}).items() if k not in _DATA_KEYS_NOT_IN_HASH}
+    for (group, key), default in _HASHED_UNLESS_DEFAULT.items():
+        if isinstance(data.get(group), dict) and data[group].get(key, default) == default:
+            data[group] = {k: v for k, v in data[group].items() if k != key}
     return _digest(data)
 
 

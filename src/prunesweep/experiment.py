@@ -10,6 +10,7 @@ import dataclasses
 import io
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,7 @@ from prunesweep.pruning import (
     size_bytes,
     sparse_export,
 )
-from prunesweep.schedules import SCHEDULES, ScheduleJob, masking_prune
+from prunesweep.schedules import SCHEDULES, Rebuilt, ScheduleJob, ScheduleResult, masking_prune
 from prunesweep.targets import build_datamodule, build_model, data_signature
 from prunesweep.tracking import PointRun, open_store, run_name
 from prunesweep.tracking.datasets import log_datasets
@@ -63,6 +64,8 @@ from prunesweep.tracking.models import log_point_model
 log = logging.getLogger("prunesweep")
 
 LATENCY_BATCHES = (1, 256)
+#: Wall seconds one latency measurement (a model at a batch size) may take: a fixed cost per point, whatever the model.
+LATENCY_BUDGET_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ def setup_data(cfg: DictConfig, log_fn: Callable[[str], None] = log.info) -> pl.
 
 def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     """data → dense model → the schedule (prune, rewind, fine-tune) → measure → log."""
+    started = time.perf_counter()
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)
     point.log_text(OmegaConf.to_yaml(OmegaConf.create(plain(cfg))), "config.yaml")
     datamodule = setup_data(cfg)
@@ -154,36 +158,43 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
 
     model = _dense(cfg, datamodule, point, int(cfg.train.epochs))
     dense = copy.deepcopy(model)
-    acc = {"dense": evaluate(model, test_batches)}
+    example = next(iter(test_batches))[0]
+    dense_metrics = _dense_metrics(cfg, dense, test_batches, tuple(example.shape[1:]), point)
+    acc = {"dense": dense_metrics["acc/dense"]}
     log.info("dense test accuracy %.4f", acc["dense"])
 
     spec = pruning_spec(cfg)
     # One threshold object for every step of a schedule: one that measures the model (sensitivity) does so
     # once, on the validation split, before any weight is pruned.
     threshold = make_threshold(spec)
-    result = SCHEDULES[str(cfg.pruning.schedule)](_schedule_job(cfg, spec, threshold, model, datamodule, point))
+    timer: dict[str, float] = {"finetune_s": 0.0}
+    job = _schedule_job(cfg, spec, threshold, model, datamodule, point, timer)
+    result = SCHEDULES[str(cfg.pruning.schedule)](job)
+    finetuned = model if result.model is None else result.model  # what was fine-tuned: rebuilt, or masked
     acc["pruned"] = result.acc_pruned
-    acc["finetuned"] = evaluate(model, test_batches)
+    acc["finetuned"] = evaluate(finetuned, test_batches)
     regrown = masked_nonzero(model, result.plan)
     if regrown:
         raise RuntimeError(f"{regrown} pruned weights grew back during fine-tuning")
 
-    example = next(iter(test_batches))[0]
-    metrics, layers, compact = _measure(cfg, spec, dense, model, result.plan, example, point)
+    metrics, layers, compact = _measure(cfg, spec, dense_metrics, dense, model, result, example, point)
     metrics.update({f"acc/{k}": v for k, v in acc.items()})
     metrics["finetune/steps"] = result.finetune_steps
+    metrics["time/finetune_s"] = timer["finetune_s"]
     if not GRANULARITIES[spec.granularity].structured:
         _log_state(point, sparse_export(compact)[0], "model/sparse_state.pt")
     # The rebuilt (structured) or zero-holding (unstructured) model, with every metric linked to it.
     model_id = log_point_model(point, compact, example, metrics, onnx=bool(cfg.tracking.get("onnx", True)))
     point.set_tags({"model_id": model_id})
-    _log_artifacts(point, cfg, acc, layers, dense, model)
+    _log_artifacts(point, cfg, acc, layers, dense, finetuned)
     curves = getattr(threshold, "curves", None)
     if curves is not None:
         _log_sensitivity(point, pd.DataFrame(curves.rows()), result.plan)
     summary = _summary(acc, layers, metrics, result.plan)
     log.info("\n%s", summary)
     point.set_tags({"mlflow.note.content": summary})  # the run's description in the MLflow UI
+    metrics["time/point_s"] = time.perf_counter() - started
+    point.log_metrics({"time/point_s": metrics["time/point_s"]})
     return metrics
 
 
@@ -194,17 +205,25 @@ def _schedule_job(
     model: nn.Module,
     datamodule: pl.LightningDataModule,
     point: PointRun,
+    timer: dict[str, float],
 ) -> ScheduleJob:
-    """What a schedule works with: pruning, evaluating, fine-tuning and rewinding this point's model."""
+    """What a schedule works with: pruning, evaluating, fine-tuning, rewinding and rebuilding this point's model.
+
+    ``timer["finetune_s"]`` accumulates the wall seconds of every fine-tuning fit (``time/finetune_s``).
+    """
     calib = _calibration_batches(spec, datamodule)
     if threshold.needs_calibration:
         _calibrate(cfg, spec, model, threshold, calib, list(datamodule.val_dataloader()), point)
     test_batches = datamodule.test_dataloader()
     steps_per_epoch = len(datamodule.train_dataloader())
+    example = _example_input(datamodule)
 
-    def finetune(callbacks: Sequence[pl.Callback], steps: int | None = None, prefix: str = "") -> int:
+    def finetune(
+        callbacks: Sequence[pl.Callback], steps: int | None = None, prefix: str = "", model: nn.Module | None = None
+    ) -> int:
+        started = time.perf_counter()
         trainer = fit(
-            model,
+            job_model if model is None else model,
             datamodule.train_dataloader(),
             datamodule.val_dataloader(),
             cfg.finetune,
@@ -215,13 +234,15 @@ def _schedule_job(
             prefix=prefix,
             callbacks=callbacks,
         )
+        timer["finetune_s"] += time.perf_counter() - started
         return trainer.global_step
 
+    job_model = model
     return ScheduleJob(
         model=model,
         sparsity=spec.sparsity,
-        prune=masking_prune(model, spec, calib, threshold, example_inputs=_example_input(datamodule)),
-        evaluate=lambda: evaluate(model, test_batches),
+        prune=masking_prune(model, spec, calib, threshold, example_inputs=example),
+        evaluate=lambda other=None: evaluate(model if other is None else other, test_batches),
         finetune=finetune,
         epochs=int(cfg.finetune.epochs),
         steps_per_epoch=steps_per_epoch,
@@ -229,7 +250,24 @@ def _schedule_job(
         gradual_end_fraction=float(cfg.pruning.gradual.end_fraction),
         gradual_frequency=int(cfg.pruning.gradual.frequency),
         rewind=_rewinder(cfg, datamodule, point, model),
+        rebuild=_rebuilder(cfg, spec, model, example, next(iter(test_batches))[0][:256]),
     )
+
+
+def _rebuilder(
+    cfg: DictConfig, spec: PruningSpec, model: nn.Module, example: torch.Tensor, probe: torch.Tensor
+) -> Callable[[MaskPlan], Rebuilt] | None:
+    """The job's ``rebuild``: structured points fine-tune the physically smaller model unless
+    ``finetune.rebuilt=false``. It is checked against the masked model on ``probe`` when it is made, while both
+    compute the same thing; the measurement reuses that check."""
+    if not (GRANULARITIES[spec.granularity].structured and bool(cfg.finetune.get("rebuilt", True))):
+        return None
+
+    def rebuilt(plan: MaskPlan) -> Rebuilt:
+        compact = rebuild(model, plan, example)
+        return Rebuilt(compact, check_rebuild(model, compact, probe, name=str(cfg.model.name)))
+
+    return rebuilt
 
 
 def _example_input(datamodule: pl.LightningDataModule) -> torch.Tensor:
@@ -346,28 +384,59 @@ def _rewind(model: nn.Module, initial_state: Mapping[str, torch.Tensor]) -> None
                 tensor.copy_(initial_state[plain_name])
 
 
+def _dense_metrics(
+    cfg: DictConfig, dense: nn.Module, test_batches: Any, image_shape: tuple[int, ...], point: PointRun
+) -> dict[str, float]:
+    """The dense model's accuracy, counts, FLOPs and latency: measured once per dense model and cached beside it
+    (every point of a sweep shares them). Latency depends on the thread count, so that is part of the key."""
+
+    def measure() -> dict[str, float]:
+        metrics = {
+            "acc/dense": evaluate(dense, test_batches),
+            "params/total": count_params(dense)[0],
+            "flops/dense": count_macs(dense, (1, *image_shape), sparse=False),
+            "size/dense_bytes": size_bytes(dense),
+        }
+        for batch in LATENCY_BATCHES:
+            metrics[f"latency/dense_ms_b{batch}"] = latency_ms(
+                dense, batch, input_shape=image_shape, budget_s=LATENCY_BUDGET_S
+            )
+        return metrics
+
+    key = f"{dense_key(cfg)}-measures-{'x'.join(map(str, image_shape))}-t{torch.get_num_threads()}"
+    metrics, measured = cache.json_or_compute(cfg.paths.dense_cache, key, measure, log=log.info, what="dense measures")
+    point.set_tags({"dense_measures_cached": not measured})
+    return metrics
+
+
 def _measure(
     cfg: DictConfig,
     spec: PruningSpec,
+    dense_metrics: Mapping[str, float],
     dense: nn.Module,
     model: nn.Module,
-    plan: MaskPlan,
+    result: ScheduleResult,
     example: torch.Tensor,
     point: PointRun,
 ) -> tuple[dict[str, float], pd.DataFrame, nn.Module]:
     """Counts, FLOPs, bytes and latency of the pruned vs the dense model, named alike for every method; also the
-    model that was measured (rebuilt when structured, the dense one holding the zeros when not)."""
-    total, _ = count_params(dense)
+    model that was measured (rebuilt when structured, the dense one holding the zeros when not).
+
+    A structured point that fine-tuned its rebuilt model is measured as it is (checked when it was rebuilt);
+    one that fine-tuned the masked model is rebuilt and checked here.
+    """
+    plan = result.plan
+    total = int(dense_metrics["params/total"])
     input_shape = (1, *example.shape[1:])
-    metrics: dict[str, float] = {
-        "sparsity/target": spec.sparsity,
-        "params/total": total,
-        "flops/dense": count_macs(dense, input_shape, sparse=False),
-        "size/dense_bytes": size_bytes(dense),
-    }
+    metrics: dict[str, float] = {"sparsity/target": spec.sparsity}
+    metrics.update({k: v for k, v in dense_metrics.items() if not k.startswith("acc/")})
     if GRANULARITIES[spec.granularity].structured:
-        compact = rebuild(model, plan, example[:2])
-        metrics.update(_rebuilt_metrics(compact, model, example, str(cfg.model.name)))
+        rebuilt = result.rebuilt
+        if rebuilt is None:
+            compact = rebuild(model, plan, example[:2])
+            rebuilt = Rebuilt(compact, check_rebuild(model, compact, example, name=str(cfg.model.name)))
+        compact = rebuilt.model
+        metrics.update(_rebuilt_metrics(rebuilt, example))
         point.set_tags({"arch/dense": architecture(dense), "arch/pruned": architecture(compact)})
     else:
         compact = copy.deepcopy(dense)
@@ -375,8 +444,9 @@ def _measure(
         metrics.update(_sparse_metrics(compact, model, input_shape))
     metrics["sparsity/achieved"] = 1.0 - metrics["params/nonzero"] / total
     for batch in LATENCY_BATCHES:
-        metrics[f"latency/dense_ms_b{batch}"] = latency_ms(dense, batch, input_shape=tuple(example.shape[1:]))
-        metrics[f"latency/pruned_ms_b{batch}"] = latency_ms(compact, batch, input_shape=tuple(example.shape[1:]))
+        metrics[f"latency/pruned_ms_b{batch}"] = latency_ms(
+            compact, batch, input_shape=tuple(example.shape[1:]), budget_s=LATENCY_BUDGET_S
+        )
     metrics["latency/dense_ms"] = metrics[f"latency/dense_ms_b{LATENCY_BATCHES[-1]}"]
     metrics["latency/pruned_ms"] = metrics[f"latency/pruned_ms_b{LATENCY_BATCHES[-1]}"]
 
@@ -401,13 +471,13 @@ def _sparse_metrics(compact: nn.Module, model: nn.Module, input_shape: tuple[int
     }
 
 
-def _rebuilt_metrics(compact: nn.Module, model: nn.Module, example: torch.Tensor, name: str) -> dict[str, float]:
-    """Structured: the physically smaller model, refused unless it computes what the masked one does."""
+def _rebuilt_metrics(rebuilt: Rebuilt, example: torch.Tensor) -> dict[str, float]:
+    """Structured: the physically smaller model, refused (when rebuilt) unless it computed what the masked one did."""
+    compact = rebuilt.model
     nonzero, _ = count_params(compact)
-    diff = check_rebuild(model, compact, example, name=name)
     return {
         "params/nonzero": nonzero,
-        "rebuild/max_abs_diff": diff,
+        "rebuild/max_abs_diff": rebuilt.max_abs_diff,
         "flops/remaining": count_macs(compact, tuple((1, *example.shape[1:])), sparse=False),
         "size/pruned_bytes": size_bytes(compact),
     }
@@ -432,14 +502,15 @@ def _log_artifacts(
         (lambda: plots.parameter_counts(layers), "parameter_counts.png"),
     ]
     layer = OmegaConf.select(cfg, "tracking.weights_figure_layer") or largest_layer(dense)  # LeNet-5: fc1
-    if layer is not None:
-        before, after = dense.get_submodule(layer).weight, export_state_dict(model)[f"{layer}.weight"]
+    after_state = export_state_dict(model)  # a rebuilt model may have lost the layer (layer/block units)
+    if layer is not None and f"{layer}.weight" in after_state:
+        before, after = dense.get_submodule(layer).weight, after_state[f"{layer}.weight"]
         figures.append((lambda: plots.weights_before_after(before, after, layer), f"{layer}_weights.png"))
     for make, name in figures:
         fig = make()
         point.log_figure(fig, f"figures/{name}")
         plt.close(fig)
-    _log_state(point, export_state_dict(model), "model/pruned_state_dict.pt")
+    _log_state(point, after_state, "model/pruned_state_dict.pt")
 
 
 def _log_state(point: PointRun, state: Mapping[str, torch.Tensor], artifact_file: str) -> None:

@@ -14,6 +14,8 @@ from torch import nn
 from prunesweep.tracking.lightning import EpochMetrics
 
 LR_SCHEDULES = ("constant", "cosine")
+#: ``trainer.accelerator`` values and the device each asks for ("auto": a GPU when there is one).
+ACCELERATORS = ("cpu", "auto", "gpu", "cuda")
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -137,9 +139,28 @@ def fit(
     return trainer
 
 
+def select_device(trainer_cfg: Mapping[str, Any], cuda_available: bool | None = None) -> torch.device:
+    """The device a ``trainer`` config asks for, as Lightning will pick it: ``auto`` takes the GPU when there is one,
+    ``gpu``/``cuda`` insist on it (a clear error instead of a silent CPU run), ``cpu`` stays on the CPU.
+
+    >>> select_device({"accelerator": "auto"}, cuda_available=False), select_device({"accelerator": "auto"}, True)
+    (device(type='cpu'), device(type='cuda', index=0))
+    """
+    accelerator = str(trainer_cfg.get("accelerator", "cpu"))
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"trainer.accelerator={accelerator!r} is not supported; choose one of {ACCELERATORS}")
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if accelerator == "cpu" or (accelerator == "auto" and not available):
+        return torch.device("cpu")
+    if not available:
+        raise RuntimeError(f"trainer.accelerator={accelerator} but no CUDA device is visible; use trainer=cpu")
+    return torch.device("cuda", 0)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Batches) -> float:
-    """Top-1 accuracy of ``model`` over ``batches``: a plain loop, no Trainer overhead.
+    """Top-1 accuracy of ``model`` over ``batches``: a plain loop, no Trainer overhead, on the model's device (the
+    batches go there; on a GPU keep them there already, see ``trainer=gpu``).
 
     The model is back in the mode it had afterwards, even when a batch raises.
     """
@@ -148,8 +169,9 @@ def evaluate(model: nn.Module, batches: Batches) -> float:
     model.eval()
     correct = total = 0
     try:
+        device = next(model.parameters(), torch.empty(0)).device
         for x, y in batches:
-            correct += int((model(x).argmax(dim=1) == y).sum())
+            correct += int((model(x.to(device)).argmax(dim=1) == y.to(device)).sum())
             total += len(y)
     finally:
         model.train(was_training)

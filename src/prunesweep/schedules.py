@@ -28,11 +28,32 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Finetune(Protocol):
-    """How a schedule fine-tunes: train the job's model with ``callbacks`` (which hold or update the masks) for
-    ``steps`` optimizer steps (None: the recipe's epochs), logging per-epoch metrics under ``prefix``; return
-    the optimizer steps taken."""
+    """How a schedule fine-tunes: train ``model`` (None: the job's masked model) with ``callbacks`` (which hold or
+    update the masks) for ``steps`` optimizer steps (None: the recipe's epochs), logging per-epoch metrics under
+    ``prefix``; return the optimizer steps taken."""
 
-    def __call__(self, callbacks: Sequence[pl.Callback], steps: int | None = None, prefix: str = "") -> int: ...
+    def __call__(
+        self,
+        callbacks: Sequence[pl.Callback],
+        steps: int | None = None,
+        prefix: str = "",
+        model: nn.Module | None = None,
+    ) -> int: ...
+
+
+class Evaluate(Protocol):
+    """Test accuracy of ``model`` as it is now (None: the job's masked model)."""
+
+    def __call__(self, model: nn.Module | None = None) -> float: ...
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """The physically smaller copy of the masked model, and how far its outputs were from the masked one's when
+    it was made (``rebuild/max_abs_diff``)."""
+
+    model: nn.Module
+    max_abs_diff: float
 
 
 @dataclass(frozen=True)
@@ -40,14 +61,17 @@ class ScheduleJob:
     """Everything a schedule needs, with the Hydra config already read.
 
     ``prune(target, previous)`` computes and applies masks at a cumulative target and returns the plan;
-    ``evaluate()`` is the test accuracy of the model as it is now; ``rewind()`` (None: no rewinding) resets
-    the surviving weights to the lottery-ticket state, masks kept.
+    ``evaluate(model=None)`` is the test accuracy of a model as it is now (the masked one by default); ``rewind()``
+    (None: no rewinding) resets the surviving weights to the lottery-ticket state, masks kept. ``rebuild(plan)``
+    (None: fine-tune the masked model) makes the physically smaller copy that a schedule fine-tunes once its masks
+    are final: a removed unit's weights are zeros that stay zeros, so training without them computes the same thing,
+    for less.
     """
 
     model: nn.Module
     sparsity: float
     prune: Callable[[float, MaskPlan | None], MaskPlan]
-    evaluate: Callable[[], float]
+    evaluate: Evaluate
     finetune: Finetune
     epochs: int  # finetune.epochs
     steps_per_epoch: int
@@ -55,6 +79,7 @@ class ScheduleJob:
     gradual_end_fraction: float = 0.6
     gradual_frequency: int = 20
     rewind: Callable[[], None] | None = None
+    rebuild: Callable[[MaskPlan], Rebuilt] | None = None
 
     @property
     def finetune_steps(self) -> int:
@@ -64,11 +89,18 @@ class ScheduleJob:
 
 @dataclass(frozen=True)
 class ScheduleResult:
-    """What a schedule hands back; later additions (e.g. a rebuilt model) go here."""
+    """What a schedule hands back."""
 
     plan: MaskPlan
     acc_pruned: float  # test accuracy once the final masks are applied, before the remaining fine-tuning
     finetune_steps: int  # optimizer steps of fine-tuning, all rounds together
+    #: The fine-tuned rebuilt model when the job rebuilds (then the job's masked model is left as it was pruned).
+    rebuilt: Rebuilt | None = None
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The rebuilt model that was fine-tuned, or None when the masked one was."""
+        return None if self.rebuilt is None else self.rebuilt.model
 
 
 @dataclass(frozen=True)
@@ -122,50 +154,85 @@ def split_steps(total: int, rounds: int) -> list[int]:
     return [share + (1 if index < extra else 0) for index in range(rounds)]
 
 
+def rebuild_final(job: ScheduleJob, plan: MaskPlan) -> Rebuilt | None:
+    """The rebuilt model once the masks are final, or None when the job fine-tunes the masked one."""
+    return None if job.rebuild is None else job.rebuild(plan)
+
+
+def finetune_final(
+    job: ScheduleJob, plan: MaskPlan, rebuilt: Rebuilt | None, steps: int | None = None, prefix: str = ""
+) -> int:
+    """Fine-tune once the masks are final: the rebuilt model when there is one (nothing left to hold), else the
+    masked one with its masks held. Returns the optimizer steps."""
+    if rebuilt is None:
+        return job.finetune([PruningCallback(job.model, plan=plan)], steps=steps, prefix=prefix)
+    return job.finetune([], steps=steps, prefix=prefix, model=rebuilt.model)
+
+
 def oneshot(job: ScheduleJob) -> ScheduleResult:
-    """Prune to the target once, rewind if asked, then fine-tune with the masks held."""
+    """Prune to the target once, rewind if asked, then fine-tune (the rebuilt model, or masks held). The pruned
+    accuracy is measured on the rebuilt model when there is one: the same outputs, at a fraction of the cost."""
     plan = job.prune(job.sparsity, None)
     if job.rewind is not None:
         job.rewind()
-    acc_pruned = job.evaluate()
-    steps = job.finetune([PruningCallback(job.model, plan=plan)])
-    return ScheduleResult(plan, acc_pruned, steps)
+    rebuilt = rebuild_final(job, plan)
+    acc_pruned = job.evaluate(None if rebuilt is None else rebuilt.model)
+    steps = finetune_final(job, plan, rebuilt)
+    return ScheduleResult(plan, acc_pruned, steps, rebuilt)
 
 
 def iterative(job: ScheduleJob) -> ScheduleResult:
     """Han et al.'s rounds: prune a little more (the same fraction of the survivors each round), rewind if asked
-    (iterative lottery-ticket pruning), fine-tune; the rounds share one-shot's fine-tuning budget exactly."""
+    (iterative lottery-ticket pruning), fine-tune; the rounds share one-shot's fine-tuning budget exactly.
+
+    Only the last round fine-tunes the rebuilt model: the earlier rounds' masks are pinned by the next round's
+    planning, which works on the full-size model. Each round is its own fit (fresh optimizer), so rebuilding at
+    the last one changes nothing but the cost."""
     targets = iterative_targets(job.sparsity, job.rounds)
     plan: MaskPlan | None = None
-    acc_pruned, steps = 0.0, 0
+    acc_pruned, steps, rebuilt = 0.0, 0, None
     for index, (target, budget) in enumerate(zip(targets, split_steps(job.finetune_steps, job.rounds), strict=True)):
         plan = job.prune(target, plan)
         if job.rewind is not None:
             job.rewind()
-        acc_pruned = job.evaluate()
+        last = index == job.rounds - 1
+        rebuilt = rebuild_final(job, plan) if last else None
+        acc_pruned = job.evaluate(None if rebuilt is None else rebuilt.model)
         log.info("round %d/%d: sparsity target %.4f, pruned accuracy %.4f", index + 1, job.rounds, target, acc_pruned)
-        if budget:  # more rounds than steps: the last rounds prune without training in between
-            callbacks = [PruningCallback(job.model, plan=plan)]
-            steps += job.finetune(callbacks, steps=budget, prefix=f"round{index + 1}/")
+        prefix = f"round{index + 1}/"
+        if budget and last:
+            steps += finetune_final(job, plan, rebuilt, steps=budget, prefix=prefix)
+        elif budget:  # more rounds than steps: the last rounds prune without training in between
+            steps += job.finetune([PruningCallback(job.model, plan=plan)], steps=budget, prefix=prefix)
     assert plan is not None  # rounds >= 1
-    return ScheduleResult(plan, acc_pruned, steps)
+    return ScheduleResult(plan, acc_pruned, steps, rebuilt)
 
 
 def gradual(job: ScheduleJob) -> ScheduleResult:
-    """Zhu & Gupta's AGP: the masks tighten every few steps during fine-tuning, along a cubic, then stay."""
+    """Zhu & Gupta's AGP: the masks tighten every few steps during fine-tuning, along a cubic, then stay. When the job
+    rebuilds, the steps after the last update train the rebuilt model, in the same fit (same data order, same
+    optimizer state and learning-rate schedule)."""
     if job.rewind is not None:  # config validation refuses it first; a job built by hand must not be ignored either
         raise ValueError("the gradual schedule does not rewind: it prunes during training (Schedule.rewinds)")
     agp = GradualSchedule.over(job.sparsity, job.finetune_steps, job.gradual_end_fraction, job.gradual_frequency)
     final: dict[str, float] = {}
+    made: list[Rebuilt] = []
+
+    def rebuild(plan: MaskPlan) -> nn.Module:
+        assert job.rebuild is not None
+        made.append(job.rebuild(plan))
+        return made[-1].model
+
     callback = PruningCallback(
         job.model,
         prune=job.prune,
         schedule=agp,
-        on_final=lambda _plan: final.setdefault("pruned", job.evaluate()),
+        on_final=lambda _plan: final.setdefault("pruned", job.evaluate(made[-1].model if made else None)),
+        rebuild=None if job.rebuild is None else rebuild,  # the steps after the last mask update train it
     )
     steps = job.finetune([callback])
     assert callback.plan is not None  # the callback applies the final masks at the latest when training ends
-    return ScheduleResult(callback.plan, final["pruned"], steps)
+    return ScheduleResult(callback.plan, final["pruned"], steps, made[-1] if made else None)
 
 
 SCHEDULES: dict[str, Schedule] = {

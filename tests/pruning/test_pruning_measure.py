@@ -102,3 +102,15 @@ def test_sparse_export_round_trip(model_cls) -> None:
 def test_sparse_export_of_dense_model_is_larger() -> None:
     _, sizes = sparse_export(LeNet300())
     assert sizes["csr_bytes"] > sizes["dense_bytes"]  # CSR only pays off once most weights are zero
+
+
+def test_latency_budget_stops_the_timed_passes_once_spent() -> None:
+    """A spent budget still times one pass (a median needs one), and no more: the cost per point is bounded."""
+    model = nn.Linear(4, 2)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    assert latency_ms(model, 8, repeats=50, warmup=2, input_shape=(4,), budget_s=0.0) > 0
+    assert len(calls) == 2 + 1
+    calls.clear()
+    latency_ms(model, 8, repeats=5, warmup=2, input_shape=(4,))  # no budget: every repeat
+    assert len(calls) == 2 + 5

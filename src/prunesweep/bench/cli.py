@@ -31,7 +31,7 @@ from prunesweep.bench.settings import QUICK, Settings
 from prunesweep.storage import sqlite_path
 from prunesweep.tracking import PointRun, open_store
 
-SECTIONS = ("train", "data", "prune", "channel", "unstructured", "sweep", "e2e")
+SECTIONS = ("train", "data", "prune", "channel", "unstructured", "finetune", "sweep", "e2e")
 EXPERIMENT = "benchmarks"
 DISTURBED = 0.10  # other processes' share of the CPUs above which the numbers are not to be trusted
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from prunesweep.bench.common import Result, timed
 from prunesweep.bench.data import data_path
+from prunesweep.bench.finetune import rebuilt_vs_masked
 from prunesweep.bench.pruning import channel_speedup, pruning_overhead, unstructured_storage
 from prunesweep.bench.settings import Settings, point_config
 from prunesweep.bench.sweeps import SweepRun, end_to_end, end_to_end_result, sweep_cost
@@ -41,6 +42,7 @@ class Sections:
             ("prune", self.prune),
             ("channel", self.channel),
             ("unstructured", self.unstructured),
+            ("finetune", self.finetune),
             ("sweep", self.sweep),
             ("e2e", self.e2e),
         ]
@@ -66,6 +68,12 @@ class Sections:
     def unstructured(self) -> Result:
         s = self.settings
         return unstructured_storage(s.unstructured_sparsities, s.latency_rounds, s.latency_inner)
+
+    def finetune(self) -> Result:
+        s = self.settings
+        return rebuilt_vs_masked(
+            self.workdir / "finetune", s.finetune_train_subset, s.finetune_repeats, s.finetune_sweep_sparsities
+        )
 
     def sweep(self) -> Result:
         s = self.settings

@@ -35,6 +35,9 @@ class Settings:
     e2e_from_sweep_cost: bool = False  # report the reuse sweep of the sweep comparison instead of running another
     sweep_timeout_s: float = 400.0
     e2e_timeout_s: float = 600.0
+    finetune_train_subset: int = 10_000  # the reduced default sweep's training images
+    finetune_repeats: int = 3
+    finetune_sweep_sparsities: tuple[float, ...] = (0.5, 0.75, 0.9, 0.95, 0.98, 0.99)  # x unstructured, channel
 
 
 QUICK = Settings(
@@ -53,6 +56,9 @@ QUICK = Settings(
     e2e_from_sweep_cost=True,
     sweep_timeout_s=300.0,
     e2e_timeout_s=300.0,
+    finetune_train_subset=512,
+    finetune_repeats=1,
+    finetune_sweep_sparsities=(0.9,),
 )
 
 

@@ -98,7 +98,7 @@ def time_dense_and_finetune(cfg: DictConfig) -> tuple[float, float]:
             model=model,
             sparsity=float(cfg.pruning.sparsity),
             prune=masking_prune(model, pruning_spec(cfg)),
-            evaluate=lambda: evaluate(model, datamodule.test_dataloader()),
+            evaluate=lambda _model=None: evaluate(model, datamodule.test_dataloader()),  # masked only: no rebuild
             finetune=finetune,
             epochs=int(cfg.finetune.epochs),
             steps_per_epoch=len(datamodule.train_dataloader()),

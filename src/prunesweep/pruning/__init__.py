@@ -56,6 +56,7 @@ from prunesweep.pruning.reconstruct import (
     rebuild,
     rebuild_channels,
     rebuild_heads,
+    rebuild_like,
     rebuild_modules,
     sparse_export,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "rebuild",
     "rebuild_channels",
     "rebuild_heads",
+    "rebuild_like",
     "rebuild_modules",
     "resolve_layers",
     "size_bytes",

@@ -77,11 +77,18 @@ def latency_ms(
     repeats: int = 20,
     warmup: int = 3,
     input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE[1:],
+    budget_s: float | None = None,
 ) -> float:
-    """Median wall-clock milliseconds of one forward pass on a ``batch_size`` batch (inference mode)."""
+    """Median wall-clock milliseconds of one forward pass on a ``batch_size`` batch (inference mode).
+
+    ``budget_s`` caps the wall time: the timed passes stop once it is spent (at least one is always timed), so a
+    slow model costs a fixed time per measurement, not ``repeats`` times its latency. On CUDA each pass is timed
+    between device synchronisations.
+    """
     device = model_device(model)
     x = torch.randn(batch_size, *input_shape, device=device)
-    times = []
+    times: list[float] = []
+    began = time.perf_counter()
     with eval_mode(model), torch.inference_mode():
         for i in range(warmup + repeats):
             if device.type == "cuda":
@@ -92,6 +99,8 @@ def latency_ms(
                 torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append((time.perf_counter() - start) * 1e3)
+            if budget_s is not None and times and time.perf_counter() - began >= budget_s:
+                break
     return statistics.median(times)
 
 

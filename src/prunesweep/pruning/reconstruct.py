@@ -21,7 +21,7 @@ from __future__ import annotations
 import gzip
 import io
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -140,7 +140,35 @@ def rebuild(model: nn.Module, plan: MaskPlan, example_inputs: torch.Tensor | Non
     rebuilder = REBUILDERS.get(plan.granularity)
     if rebuilder is None:
         raise ValueError(f"no physical rebuild for granularity {plan.granularity!r}; known: {sorted(REBUILDERS)}")
-    return rebuilder(model, plan, example_inputs)
+    rebuilt = rebuilder(model, plan, example_inputs)
+    # Tracing leaves the copy in eval mode; a rebuilt model that is fine-tuned must train like the masked one
+    # (BatchNorm on batch statistics), and Lightning keeps the modes it is given.
+    modes = {name: module.training for name, module in model.named_modules()}
+    for name, module in rebuilt.named_modules():
+        module.training = modes.get(name, model.training)
+    return rebuilt
+
+
+def rebuild_like(
+    model: nn.Module,
+    plan: MaskPlan,
+    tensors: Mapping[str, torch.Tensor],
+    example_inputs: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Tensors shaped like ``model``'s parameters (keyed by plain name, e.g. an optimizer's momentum buffers), cut
+    the way :func:`rebuild` cuts the parameters: keyed by the rebuilt model's names, the removed ones gone.
+
+    They ride through the same surgery as parameters of a copy, so every rebuilder's index bookkeeping (Torch-Pruning
+    groups, dropped modules, head rows) applies unchanged: training state carries over to the rebuilt model.
+    """
+    carrier = clone_model(model)
+    with torch.no_grad():
+        for name, param in carrier.named_parameters():
+            value = tensors.get(name.removesuffix("_orig"))
+            if value is not None:
+                param.copy_(value)
+    cut = rebuild(carrier, plan, example_inputs)
+    return {name: param.detach().clone() for name, param in cut.named_parameters() if name in tensors}
 
 
 def architecture(model: nn.Module) -> str:

@@ -1,0 +1,109 @@
+"""Fine-tuning the rebuilt model vs the masked one, in this process, interleaved: the channel fine-tune epoch, the
+per-point overhead, and a reduced default sweep with ``finetune.rebuilt`` on and off.
+
+Every point is a real ``experiment.run`` on its own SQLite store, so the times are the ones a sweep logs
+(``time/finetune_s``, ``time/point_s``). The dense model is trained by a warm-up point first and cached, so no
+side pays for it; the dense measurements are cached for both sides too (the old path measured them per point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from prunesweep.bench.common import Result, median, spread
+from prunesweep.bench.settings import point_config
+
+#: The issue's goals: rebuilt/masked fine-tune time, and seconds outside training per point.
+FINETUNE_RATIO_GOAL = 0.4
+POINT_OVERHEAD_GOAL_S = 2.0
+
+
+def _point(workdir: Path, overrides: Sequence[str], rebuilt: bool) -> dict[str, float]:
+    from prunesweep import experiment  # heavy: only once the bench runs this section
+
+    cfg = point_config(
+        *overrides,
+        f"finetune.rebuilt={str(rebuilt).lower()}",
+        f"paths.output_dir={workdir / ('rebuilt' if rebuilt else 'masked')}",
+        f"paths.dense_cache={workdir / 'dense'}",
+        f"tracking.uri=sqlite:///{workdir / ('rebuilt' if rebuilt else 'masked') / 'mlflow.db'}",
+        "trainer.enable_progress_bar=false",
+    )
+    return experiment.run(cfg)
+
+
+def rebuilt_vs_masked(
+    workdir: Path, train_subset: int, repeats: int, sweep_sparsities: Sequence[float], threshold: str = "global"
+) -> Result:
+    """Channel s=0.75 fine-tune epoch and per-point overhead (``repeats`` interleaved rounds), then the reduced
+    sweep (unstructured and channel at ``sweep_sparsities``) once per side, point by point in alternating order."""
+    result = Result("finetune")
+    base = (
+        f"data.train_subset={train_subset}",
+        "train.epochs=1",
+        "finetune.epochs=1",
+        f"pruning.threshold={threshold}",
+    )
+    channel = (*base, "pruning.granularity=channel", "pruning.sparsity=0.75")
+    _point(workdir, channel, rebuilt=True)  # warm-up: trains and caches the dense model and its measurements
+    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for round_ in range(repeats):
+        for rebuilt in (True, False) if round_ % 2 == 0 else (False, True):
+            runs[rebuilt].append(_point(workdir, channel, rebuilt))
+    finetune = {side: [r["time/finetune_s"] for r in rs] for side, rs in runs.items()}
+    overhead = {side: [r["time/point_s"] - r["time/finetune_s"] for r in rs] for side, rs in runs.items()}
+    ratio = median(finetune[True]) / median(finetune[False])
+    result.metrics.update(
+        {
+            "finetune/channel75_rebuilt_s": median(finetune[True]),
+            "finetune/channel75_masked_s": median(finetune[False]),
+            "finetune/channel75_rebuilt_over_masked": ratio,
+            "finetune/point_overhead_s": median(overhead[True]),
+            "finetune/point_overhead_masked_s": median(overhead[False]),
+            "finetune/channel75_acc_diff": abs(runs[True][0]["acc/finetuned"] - runs[False][0]["acc/finetuned"]),
+        }
+    )
+    result.add(
+        f"channel s=0.75 fine-tune epoch ({train_subset} images), rebuilt vs masked",
+        f"{median(finetune[True]):.2f} s vs {median(finetune[False]):.2f} s = {ratio:.2f}x "
+        f"(spread {spread(finetune[True]):.0%} / {spread(finetune[False]):.0%})",
+        f"<= {FINETUNE_RATIO_GOAL}",
+        ratio <= FINETUNE_RATIO_GOAL,
+    )
+    result.add(
+        "per-point overhead (point - fine-tune, dense cached), rebuilt | masked",
+        f"{median(overhead[True]):.2f} s | {median(overhead[False]):.2f} s",
+        f"<= {POINT_OVERHEAD_GOAL_S:g} s",
+        median(overhead[True]) <= POINT_OVERHEAD_GOAL_S,
+    )
+    _reduced_sweep(result, workdir, base, sweep_sparsities)
+    return result
+
+
+def _reduced_sweep(result: Result, workdir: Path, base: Sequence[str], sparsities: Sequence[float]) -> None:
+    """The same points with the rebuilt fine-tune and with the masked one: summed point times, paired accuracies."""
+    points = [(g, s) for g in ("unstructured", "channel") for s in sparsities]
+    total = {True: 0.0, False: 0.0}
+    worst = 0.0
+    for index, (granularity, sparsity) in enumerate(points):
+        overrides = (*base, f"pruning.granularity={granularity}", f"pruning.sparsity={sparsity}")
+        done = {}
+        for rebuilt in (True, False) if index % 2 == 0 else (False, True):
+            done[rebuilt] = _point(workdir, overrides, rebuilt)
+            total[rebuilt] += done[rebuilt]["time/point_s"]
+        worst = max(worst, abs(done[True]["acc/finetuned"] - done[False]["acc/finetuned"]))
+    ratio = total[True] / total[False]
+    result.metrics.update(
+        {
+            "finetune/sweep_points": len(points),
+            "finetune/sweep_rebuilt_s": total[True],
+            "finetune/sweep_masked_s": total[False],
+            "finetune/sweep_rebuilt_over_masked": ratio,
+            "finetune/sweep_max_acc_diff": worst,
+        }
+    )
+    result.add(
+        f"reduced sweep ({len(points)} points, dense cached), rebuilt vs finetune.rebuilt=false",
+        f"{total[True]:.1f} s vs {total[False]:.1f} s = {ratio:.2f}x; accuracies within {100 * worst:.2f} points",
+    )
