@@ -56,10 +56,27 @@ def _sweep_context() -> experiment.SweepContext:
     return experiment.SweepContext(parent_run_id=info.get("parent_run_id"), sweep_id=info.get("sweep_id"))
 
 
+def _ray_task_cpus() -> int | None:
+    """CPUs Ray gave the task this point runs in; None outside a Ray worker.
+
+    Ray's runtime must be asked: a cluster may grant fewer (or fractional) CPUs than the config requested.
+    Ray is looked up, never imported, so a run without the `[ray]` extra pays nothing.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    return max(1, int(cpus)) if cpus else None
+
+
 def _threads_per_job(cfg: DictConfig) -> int:
-    """All cores for a serial run; cores shared out evenly among parallel joblib workers; a submitit job's cpus."""
+    """All cores for a serial run; cores shared out evenly among parallel joblib workers; a submitit job's cpus;
+    a Ray task's CPUs."""
     if cfg.get("threads"):
         return int(cfg.threads)
+    ray_cpus = _ray_task_cpus()
+    if ray_cpus:
+        return ray_cpus
     hydra_cfg = HydraConfig.get()
     cpus_per_task = OmegaConf.select(hydra_cfg, "launcher.cpus_per_task", default=None)
     if cpus_per_task:
