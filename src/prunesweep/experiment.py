@@ -56,6 +56,7 @@ from prunesweep.pruning.importance import IMPORTANCES
 from prunesweep.pruning.schedule import GradualSchedule, iterative_targets
 from prunesweep.pruning.thresholds import Threshold
 from prunesweep.tracking import PointRun, open_store, run_name
+from prunesweep.tracking.dense_store import SharedDense
 from prunesweep.tracking.lightning import EpochMetrics
 
 log = logging.getLogger("prunesweep")
@@ -304,14 +305,14 @@ def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun,
         key_cfg.train.epochs = epochs
     full = epochs == int(cfg.train.epochs)
     prefix = "dense/" if full else f"rewind{epochs}/"
-    trained = cache.dense_or_train(
-        cfg.paths.dense_cache,
-        dense_key(key_cfg),
-        model,
-        train=lambda: _fit(model, datamodule, cfg.train, epochs, cfg.trainer, point, prefix=prefix),
-        log=log.info,
-    )
-    point.set_tags({"dense_cached" if full else f"rewind{epochs}_cached": not trained})
+
+    def train() -> None:
+        _fit(model, datamodule, cfg.train, epochs, cfg.trainer, point, prefix=prefix)
+
+    # A local-cache miss asks the tracking server first: workers without a shared disk train each model once.
+    shared = SharedDense(point.store, dense_key(key_cfg), model, train, log=log.info)
+    cache.dense_or_train(cfg.paths.dense_cache, shared.key, model, train=shared, log=log.info)
+    point.set_tags({"dense_cached" if full else f"rewind{epochs}_cached": not shared.trained})
     return model
 
 

@@ -174,16 +174,16 @@ class SweepCallback(Callback):
         print(f"[prunesweep] sweep {sweep_id}: {total} points; parent run {parent_id}", flush=True)
 
     @staticmethod
-    def _fail_stale_children(store: Any, parent_id: str) -> None:
-        """Runs a killed launch left RUNNING can never finish: mark them FAILED so they are redone."""
+    def _fail_stale_children(store: Any, parent_id: str, when: str = "the sweep was relaunched") -> None:
+        """Runs a killed launch or a lost worker left RUNNING can never finish: mark them FAILED, to be redone."""
         stale = store.client.search_runs(
             [store.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'",
         )
         for run in stale:
-            store.client.set_tag(run.info.run_id, "error", "interrupted: still RUNNING when the sweep was relaunched")
+            store.client.set_tag(run.info.run_id, "error", f"interrupted: still RUNNING when {when}")
             store.client.set_terminated(run.info.run_id, "FAILED")
-            log.warning("run %s was left RUNNING by an interrupted launch; marked FAILED", run.info.run_name)
+            log.warning("run %s was left RUNNING by a lost attempt; marked FAILED", run.info.run_name)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
@@ -212,6 +212,8 @@ class SweepCallback(Callback):
         if info is None:
             return
         store = open_store(info["tracking_uri"], str(config.tracking.experiment))
+        # A launcher that retries a point itself (Ray, after a node died) leaves the lost attempt RUNNING.
+        self._fail_stale_children(store, info["parent_run_id"], when="the sweep ended (its worker was lost)")
         summary = log_sweep_report(store.client, store.experiment_id, info["parent_run_id"])
         store.client.set_terminated(info["parent_run_id"], "FINISHED")
         elapsed = time.time() - float(info["started"])
