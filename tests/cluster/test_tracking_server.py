@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from cluster_helpers import head_commit, run_timed, sweep_runs, worker_env
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
@@ -64,20 +63,3 @@ def test_sixteen_concurrent_writers_lose_nothing(tracking_server, report_figure)
         f"({STEPS + 1} metric points and a 128 KiB artifact each), 0 duplicates, {len(errors)} errors, "
         f"{elapsed:.1f} s"
     )
-
-
-def test_smoke_sweep_through_the_server(tracking_server, sweep_command, tmp_path, report_figure):
-    """Workers need only the server's URL: runs, metrics and artifacts all travel over HTTP."""
-    experiment = "smoke-over-http"
-    command = sweep_command(f"tracking.uri={tracking_server}", f"tracking.experiment={experiment}")
-    elapsed, _ = run_timed(command, worker_env())
-    client = MlflowClient(tracking_uri=tracking_server)
-    parents, children = sweep_runs(client, experiment)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 8
-    assert {c.info.status for c in children} == {"FINISHED"}
-    assert {c.data.tags["git_commit"] for c in children} == {head_commit()}, "the points ran this checkout's code"
-    artifacts = {a.path for a in client.list_artifacts(children[0].info.run_id)}
-    assert "config.yaml" in artifacts
-    assert not (tmp_path / "outputs" / "mlartifacts").exists(), "artifacts went to the server, not a local folder"
-    report_figure(f"smoke sweep (joblib-free, basic launcher) through the PostgreSQL-backed server: {elapsed:.0f} s")
