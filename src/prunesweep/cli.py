@@ -24,7 +24,7 @@ from prunesweep import experiment
 from prunesweep.config import ConfigError
 from prunesweep.data import DataError
 from prunesweep.tracking import TrackingError
-from prunesweep.tracking.sweep import read_sweep_file
+from prunesweep.tracking.sweep import find_sweep
 
 log = logging.getLogger("prunesweep")
 
@@ -48,11 +48,11 @@ def register_sweeps(sweeps_dir: Path = SWEEPS_DIR) -> None:
         store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
-def _sweep_context() -> experiment.SweepContext:
+def _sweep_context(cfg: DictConfig) -> experiment.SweepContext:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return experiment.SweepContext()
-    info = read_sweep_file(hydra_cfg.sweep.dir) or {}
+    info = find_sweep(hydra_cfg.sweep.dir, str(cfg.tracking.uri), str(cfg.tracking.experiment)) or {}
     return experiment.SweepContext(parent_run_id=info.get("parent_run_id"), sweep_id=info.get("sweep_id"))
 
 
@@ -92,7 +92,7 @@ def _threads_per_job(cfg: DictConfig) -> int:
 def app(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.threads = _threads_per_job(cfg)
-    sweep = _sweep_context()
+    sweep = _sweep_context(cfg)
     try:
         return experiment.run(cfg, sweep)
     except USER_ERRORS as err:

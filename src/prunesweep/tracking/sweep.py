@@ -28,6 +28,8 @@ from prunesweep.tracking.store import open_store
 log = logging.getLogger("prunesweep")
 
 SWEEP_FILE = "sweep.json"
+# The parent run's copy of the sweep directory's name: how a worker that cannot read sweep.json finds its sweep.
+SWEEP_DIR_TAG = "sweep_dir"
 
 
 def sweep_file(sweep_dir: str | Path) -> Path:
@@ -37,6 +39,24 @@ def sweep_file(sweep_dir: str | Path) -> Path:
 def read_sweep_file(sweep_dir: str | Path) -> dict[str, Any] | None:
     path = sweep_file(sweep_dir)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def find_sweep(sweep_dir: str | Path, tracking_uri: str, experiment: str) -> dict[str, Any] | None:
+    """The sweep's ids from ``sweep.json``, or, on a worker that does not share the launching machine's disk
+    (a Ray node elsewhere), from the parent run tagged with the same sweep directory; None outside a sweep."""
+    info = read_sweep_file(sweep_dir)
+    if info is not None:
+        return info
+    store = open_store(tracking_uri, experiment)
+    parents = store.client.search_runs(
+        [store.experiment_id],
+        filter_string=f"tags.prunesweep_role = 'parent' and tags.{SWEEP_DIR_TAG} = '{sweep_dir}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not parents:
+        return None
+    return {"sweep_id": parents[0].data.tags["sweep_id"], "parent_run_id": parents[0].info.run_id}
 
 
 def sweeper_params(config: DictConfig) -> dict[str, Any]:
@@ -158,6 +178,7 @@ class SweepCallback(Callback):
                 },
             )
             parent_id = parent.info.run_id
+        store.client.set_tag(parent_id, SWEEP_DIR_TAG, str(config.hydra.sweep.dir))  # this launch's directory
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         info = {
