@@ -62,6 +62,8 @@ def test_smoke_sweep_on_ray_trains_one_dense_model_and_resumes(
     assert len(children) == 8 and {c.info.status for c in children} == {"FINISHED"}
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert {c.data.tags["git_commit"] for c in children} == {head_commit()}, "the nodes ran this checkout's code"
+    # Each point's torch threads follow the 1 CPU its Ray task was given (this machine has 2 cores).
+    assert {c.data.params["threads"] for c in children} == {"1"}
     # Both nodes ran points, each with its own cache folder.
     placed = Counter(c.data.params["paths.dense_cache"] for c in children)
     assert set(placed) == {str(c) for c in caches}, placed
