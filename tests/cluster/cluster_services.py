@@ -160,6 +160,8 @@ SlurmdPidFile={root}/slurmd.pid
 SlurmctldLogFile={root}/slurmctld.log
 SlurmdLogFile={root}/slurmd.log
 ReturnToService=2
+# scancel's SIGTERM is followed by SIGKILL after this many seconds (submitit's handler ignores SIGTERM).
+KillWait=2
 NodeName=localhost CPUs={cpus} RealMemory=8000 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
