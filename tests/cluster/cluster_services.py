@@ -293,11 +293,11 @@ def ray_cluster(node_envs: list[Mapping[str, str]]) -> Iterator[RayCluster]:
     )  # fmt: skip
     workers: list[subprocess.Popen] = []
     try:
-        wait_until(lambda: _ray_nodes_alive(address, 1), 90, "the Ray head", root / "head.log", head)
+        wait_until(lambda: _ray_nodes_alive(address, 1), 180, "the Ray head", root / "head.log", head)
         for index, env in enumerate(node_envs[1:], start=1):
             log = root / f"worker{index}.log"
             workers.append(_ray_node([f"--address={address}", "--node-ip-address=127.0.0.1"], env, log))
-            wait_until(lambda i=index: _ray_nodes_alive(address, i + 1), 90, f"Ray node {index}", log, workers[-1])
+            wait_until(lambda i=index: _ray_nodes_alive(address, i + 1), 180, f"Ray node {index}", log, workers[-1])
         yield RayCluster(address, head, workers)
     finally:
         for proc in [*workers, head]:
