@@ -25,7 +25,7 @@ from prunesweep.config import ConfigError
 from prunesweep.data import DataError
 from prunesweep.targets import TargetError
 from prunesweep.tracking import TrackingError
-from prunesweep.tracking.sweep import read_sweep_file
+from prunesweep.tracking.sweep import find_sweep
 
 log = logging.getLogger("prunesweep")
 
@@ -49,18 +49,35 @@ def register_sweeps(sweeps_dir: Path = SWEEPS_DIR) -> None:
         store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
-def _sweep_context() -> experiment.SweepContext:
+def _sweep_context(cfg: DictConfig) -> experiment.SweepContext:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return experiment.SweepContext()
-    info = read_sweep_file(hydra_cfg.sweep.dir) or {}
+    info = find_sweep(hydra_cfg.sweep.dir, str(cfg.tracking.uri), str(cfg.tracking.experiment)) or {}
     return experiment.SweepContext(parent_run_id=info.get("parent_run_id"), sweep_id=info.get("sweep_id"))
 
 
+def _ray_task_cpus() -> int | None:
+    """CPUs Ray gave the task this point runs in; None outside a Ray worker.
+
+    Ray's runtime must be asked: a cluster may grant fewer (or fractional) CPUs than the config requested.
+    Ray is looked up, never imported, so a run without the `[ray]` extra pays nothing.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    return max(1, int(cpus)) if cpus else None
+
+
 def _threads_per_job(cfg: DictConfig) -> int:
-    """All cores for a serial run; cores shared out evenly among parallel joblib workers; a submitit job's cpus."""
+    """All cores for a serial run; cores shared out evenly among parallel joblib workers; a submitit job's cpus;
+    a Ray task's CPUs."""
     if cfg.get("threads"):
         return int(cfg.threads)
+    ray_cpus = _ray_task_cpus()
+    if ray_cpus:
+        return ray_cpus
     hydra_cfg = HydraConfig.get()
     cpus_per_task = OmegaConf.select(hydra_cfg, "launcher.cpus_per_task", default=None)
     if cpus_per_task:
@@ -76,7 +93,7 @@ def _threads_per_job(cfg: DictConfig) -> int:
 def app(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.threads = _threads_per_job(cfg)
-    sweep = _sweep_context()
+    sweep = _sweep_context(cfg)
     try:
         return experiment.run(cfg, sweep)
     except USER_ERRORS as err:

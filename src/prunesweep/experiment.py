@@ -59,6 +59,7 @@ from prunesweep.schedules import SCHEDULES, Rebuilt, ScheduleJob, ScheduleResult
 from prunesweep.targets import build_datamodule, build_model, data_signature
 from prunesweep.tracking import PointRun, open_store, run_name
 from prunesweep.tracking.datasets import log_datasets
+from prunesweep.tracking.dense_store import SharedDense
 from prunesweep.tracking.models import log_point_model
 
 log = logging.getLogger("prunesweep")
@@ -342,8 +343,10 @@ def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun,
             prefix=prefix,
         )
 
-    trained = cache.dense_or_train(cfg.paths.dense_cache, dense_key(key_cfg), model, train=train, log=log.info)
-    point.set_tags({"dense_cached" if full else f"rewind{epochs}_cached": not trained})
+    # A local-cache miss asks the tracking server first: workers without a shared disk train each model once.
+    shared = SharedDense(point.store, dense_key(key_cfg), model, train, log=log.info)
+    cache.dense_or_train(cfg.paths.dense_cache, shared.key, model, train=shared, log=log.info)
+    point.set_tags({"dense_cached" if full else f"rewind{epochs}_cached": not shared.trained})
     return model
 
 

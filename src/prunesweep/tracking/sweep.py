@@ -28,6 +28,8 @@ from prunesweep.tracking.store import open_store
 log = logging.getLogger("prunesweep")
 
 SWEEP_FILE = "sweep.json"
+# The parent run's copy of the sweep directory's name: how a worker that cannot read sweep.json finds its sweep.
+SWEEP_DIR_TAG = "sweep_dir"
 
 
 def sweep_file(sweep_dir: str | Path) -> Path:
@@ -37,6 +39,24 @@ def sweep_file(sweep_dir: str | Path) -> Path:
 def read_sweep_file(sweep_dir: str | Path) -> dict[str, Any] | None:
     path = sweep_file(sweep_dir)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def find_sweep(sweep_dir: str | Path, tracking_uri: str, experiment: str) -> dict[str, Any] | None:
+    """The sweep's ids from ``sweep.json``, or, on a worker that does not share the launching machine's disk
+    (a Ray node elsewhere), from the parent run tagged with the same sweep directory; None outside a sweep."""
+    info = read_sweep_file(sweep_dir)
+    if info is not None:
+        return info
+    store = open_store(tracking_uri, experiment)
+    parents = store.client.search_runs(
+        [store.experiment_id],
+        filter_string=f"tags.prunesweep_role = 'parent' and tags.{SWEEP_DIR_TAG} = '{sweep_dir}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not parents:
+        return None
+    return {"sweep_id": parents[0].data.tags["sweep_id"], "parent_run_id": parents[0].info.run_id}
 
 
 def sweeper_params(config: DictConfig) -> dict[str, Any]:
@@ -158,6 +178,7 @@ class SweepCallback(Callback):
                 },
             )
             parent_id = parent.info.run_id
+        store.client.set_tag(parent_id, SWEEP_DIR_TAG, str(config.hydra.sweep.dir))  # this launch's directory
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         info = {
@@ -174,16 +195,16 @@ class SweepCallback(Callback):
         print(f"[prunesweep] sweep {sweep_id}: {total} points; parent run {parent_id}", flush=True)
 
     @staticmethod
-    def _fail_stale_children(store: Any, parent_id: str) -> None:
-        """Runs a killed launch left RUNNING can never finish: mark them FAILED so they are redone."""
+    def _fail_stale_children(store: Any, parent_id: str, when: str = "the sweep was relaunched") -> None:
+        """Runs a killed launch or a lost worker left RUNNING can never finish: mark them FAILED, to be redone."""
         stale = store.client.search_runs(
             [store.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'",
         )
         for run in stale:
-            store.client.set_tag(run.info.run_id, "error", "interrupted: still RUNNING when the sweep was relaunched")
+            store.client.set_tag(run.info.run_id, "error", f"interrupted: still RUNNING when {when}")
             store.client.set_terminated(run.info.run_id, "FAILED")
-            log.warning("run %s was left RUNNING by an interrupted launch; marked FAILED", run.info.run_name)
+            log.warning("run %s was left RUNNING by a lost attempt; marked FAILED", run.info.run_name)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
@@ -212,6 +233,8 @@ class SweepCallback(Callback):
         if info is None:
             return
         store = open_store(info["tracking_uri"], str(config.tracking.experiment))
+        # A launcher that retries a point itself (Ray, after a node died) leaves the lost attempt RUNNING.
+        self._fail_stale_children(store, info["parent_run_id"], when="the sweep ended (its worker was lost)")
         summary = log_sweep_report(store.client, store.experiment_id, info["parent_run_id"])
         store.client.set_terminated(info["parent_run_id"], "FINISHED")
         elapsed = time.time() - float(info["started"])
