@@ -69,6 +69,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
         COMPOSE,
         "slow to train here; rebuilt vs masked in tests/pruning/test_pruning_discover.py",
     ),
+    "prunesweep +sweep=default hydra/launcher=ray hydra.launcher.ray.init.address=HEAD:6379 "
+    "tracking.uri=http://SERVER:5000": (
+        COMPOSE,
+        "needs a Ray cluster; tests/cluster/test_ray.py runs the smoke sweep so",
+    ),
+    "prunesweep +sweep=default hydra/launcher=submitit_slurm hydra.launcher.partition=PART "
+    "hydra.launcher.cpus_per_task=4 hydra.launcher.mem_gb=8 hydra.launcher.timeout_min=60 "
+    "tracking.uri=http://SERVER:5000": (
+        COMPOSE,
+        "needs a SLURM cluster; tests/cluster/test_slurm.py runs the smoke sweep",
+    ),
     "prunesweep +sweep=default hydra/launcher=submitit_slurm hydra.launcher.cpus_per_task=4": (
         COMPOSE,
         "needs a SLURM cluster",
