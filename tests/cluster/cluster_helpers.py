@@ -33,10 +33,16 @@ def require_root(what: str) -> None:
     pytest.skip(f"{what} needs root")
 
 
+# Ray turns token authentication on for a new cluster as soon as ~/.ray/auth_token exists (any earlier
+# `ray get-auth-token --generate` leaves one), and then refuses clients without it. The test clusters live on
+# 127.0.0.1 only, so they run without tokens, whatever an earlier session left in the home folder.
+RAY_NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
+
+
 def worker_env(**extra: str) -> dict[str, str]:
     """The environment of every process a test launches: this checkout's code first on the path."""
     path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
+    return {**os.environ, "PYTHONPATH": path, **RAY_NO_TOKEN, **extra}
 
 
 def run_timed(command: list[str], env: dict[str, str], timeout_s: int = 600) -> tuple[float, str]:
