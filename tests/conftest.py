@@ -75,3 +75,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.section("prunesweep load and fault figures")
         for line in _FIGURES:
             terminalreporter.write_line(line)
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    """``--doctest-modules`` would also collect each conftest.py as a module, and tests/ and tests/cluster/ both
+    have one named ``conftest`` (an import clash); they hold no doctests, and pytest loads them as conftests anyway."""
+    return True if collection_path.name == "conftest.py" else None
