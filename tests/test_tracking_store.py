@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 from mlflow.tracking import MlflowClient
 
 from prunesweep.tracking import open_store
+from prunesweep.tracking.models import scoped_tracking_uri
 from prunesweep.tracking.store import EXPERIMENT_KIND
 
 
@@ -21,3 +24,11 @@ def test_an_older_experiment_gets_the_kind_tag_when_opened(store_uri):
     assert "mlflow.experimentKind" not in client.get_experiment(experiment_id).tags
     assert open_store(store_uri, "made-before").experiment_id == experiment_id
     assert client.get_experiment(experiment_id).tags.items() >= EXPERIMENT_KIND.items()
+
+
+def test_the_scoped_tracking_uri_leaves_no_trace(store_uri):
+    """log_model needs MLflow's global URI; once the block ends, neither it nor the environment variable remains."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    with scoped_tracking_uri(store_uri):
+        assert os.environ["MLFLOW_TRACKING_URI"] == store_uri
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before

@@ -38,14 +38,16 @@ def pip_requirements() -> list[str]:
 
 
 @contextlib.contextmanager
-def _tracking_uri(uri: str) -> Iterator[None]:
+def scoped_tracking_uri(uri: str) -> Iterator[None]:
     """MLflow's global tracking URI set to ``uri`` for the block only (log_model reads nothing else)."""
     before = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before or "")
+        # None unsets it, and the MLFLOW_TRACKING_URI variable MLflow also set: restoring "" instead left an
+        # empty variable behind, which every later config read as tracking.uri=''.
+        mlflow.set_tracking_uri(before)
 
 
 def log_pruned_model(point: PointRun, model: nn.Module, example: torch.Tensor, metrics: Mapping[str, float]) -> str:
@@ -63,7 +65,7 @@ def log_pruned_model(point: PointRun, model: nn.Module, example: torch.Tensor, m
     # Created here, in the point's experiment: left to log_model, it would land in MLflow's global "active"
     # experiment (experiment 0, artifacts under the working directory).
     logged = point.client.create_logged_model(point.store.experiment_id, name=MODEL_NAME, source_run_id=point.run_id)
-    with _tracking_uri(point.store.uri), warnings.catch_warnings():
+    with scoped_tracking_uri(point.store.uri), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.export's notes on every model
         info = mlflow.pytorch.log_model(
             model,
