@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
 import sys
-from collections.abc import Callable
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,3 +88,52 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
     """``--doctest-modules`` would also collect each conftest.py as a module, and tests/ and tests/cluster/ both
     have one named ``conftest`` (an import clash); they hold no doctests, and pytest loads them as conftests anyway."""
     return True if collection_path.name == "conftest.py" else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _served_mlflow(root: Path) -> Iterator[str]:
+    """A real `mlflow server` (SQLite store and artifacts under ``root``) on a free loopback port; its URL."""
+    port, mlflow = _free_port(), str(Path(sys.executable).with_name("mlflow"))
+    proc = subprocess.Popen(
+        [mlflow, "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--artifacts-destination", str(root / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=(root / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+    try:
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def serve_mlflow() -> Callable[[Path], contextlib.AbstractContextManager[str]]:
+    """``with serve_mlflow(folder) as uri:`` a real `mlflow server` for as long as the block runs."""
+    return _served_mlflow
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A free TCP port on 127.0.0.1."""
+    return _free_port

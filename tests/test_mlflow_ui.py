@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -31,44 +27,14 @@ from prunesweep.experiment import setup_data
 
 pytestmark = pytest.mark.slow
 
-VENV_BIN = Path(sys.executable).parent
 REGISTERED = "lenet5-pruned"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> str:
+def server(tmp_path_factory, serve_mlflow) -> str:
     """A real `mlflow server` on a free loopback port for this module, stopped after it."""
-    root = tmp_path_factory.mktemp("ui-server")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=(root / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    with serve_mlflow(tmp_path_factory.mktemp("ui-server")) as uri:
+        yield uri
 
 
 def _python(*argv: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,19 +17,12 @@ from prunesweep.config import ConfigError
 
 pytestmark = pytest.mark.slow
 
-VENV_BIN = Path(sys.executable).parent
 GRID = ["pruning.granularity=unstructured,channel", "pruning.sparsity=0.5,0.9", "pruning.threshold=global"]
 
 
 def _children(client: MlflowClient) -> list:
     experiment_id = client.get_experiment_by_name("prunesweep").experiment_id
     return [r for r in client.search_runs([experiment_id]) if r.data.tags.get("prunesweep_role") != "parent"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_sigkill_mid_sweep_then_rerun_keeps_finished_points(smoke_sweep_command, tmp_path, store_uri):
@@ -94,32 +84,10 @@ def test_four_parallel_jobs_on_one_sqlite_store(smoke_sweep_command, tmp_path, s
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
+def mlflow_server(tmp_path, serve_mlflow):
     """A real `mlflow server` on a free loopback port, stopped after the test."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        os.killpg(server.pid, signal.SIGKILL)
-        pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
+    with serve_mlflow(tmp_path) as uri:
+        yield uri
 
 
 def test_eight_concurrent_clients_against_a_real_mlflow_server(mlflow_server, report_figure):
@@ -161,10 +129,10 @@ def test_a_point_logs_to_a_tracking_server(make_cfg, tiny_overrides, mlflow_serv
     assert "layers.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
-def test_unreachable_tracking_server_fails_at_start(tmp_path):
+def test_unreachable_tracking_server_fails_at_start(tmp_path, free_port):
     started = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "prunesweep.cli", f"tracking.uri=http://127.0.0.1:{_free_port()}",
+        [sys.executable, "-m", "prunesweep.cli", f"tracking.uri=http://127.0.0.1:{free_port()}",
          f"paths.output_dir={tmp_path}"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
