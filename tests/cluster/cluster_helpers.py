@@ -63,6 +63,25 @@ def sweep_runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
     return parents, children
 
 
+def unfinished(children: list) -> dict[str, str]:
+    """{run name: status and error tag} of the children that did not finish: what a failed assertion shows."""
+    return {
+        c.info.run_name: f"{c.info.status}: {c.data.tags.get('error', 'no error tag')}"
+        for c in children
+        if c.info.status != "FINISHED"
+    }
+
+
+def job_errors(sweep_dir: Path, lines: int = 40) -> dict[str, str]:
+    """{log file: its last lines} for every submitit job log under ``sweep_dir`` that holds a traceback."""
+    found = {}
+    for path in sorted(sweep_dir.glob(".submitit/**/*.err")):
+        text = path.read_text(errors="replace")
+        if "Traceback" in text or "Error" in text:
+            found[path.name] = "\n".join(text.splitlines()[-lines:])
+    return found
+
+
 def head_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
     return out.stdout.strip()
