@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -87,6 +88,10 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(run_sweep, tmp_path, 
     failed = next(r for r in children if r.info.status == "FAILED")
     assert "FloatingPointError" in failed.data.tags["error"]
     assert "1 failed" in proc.stdout and "1 finished" in proc.stdout
+    # A serial sweep announces each point, then says how it ended: here once finished, once FAILED with the reason.
+    assert "point 1/2 (elapsed" in proc.stdout and "point 2/2 (elapsed" in proc.stdout
+    assert re.search(r"point [12]/2 FAILED after \d+ s \(FloatingPointError", proc.stdout), proc.stdout[-3000:]
+    assert re.search(r"point [12]/2 finished in \d+ s: acc ", proc.stdout), proc.stdout[-3000:]
 
 
 def test_invalid_point_stops_the_sweep_before_anything_runs(smoke_sweep_command, tmp_path):
@@ -131,13 +136,13 @@ def _plain_grid_command(tmp_path, store_uri, *overrides: str, sweep_dir: str) ->
         f"paths.output_dir={tmp_path / 'outputs'}",
         f"hydra.sweep.dir={tmp_path / sweep_dir}",
         "data.train_subset=512", "train.epochs=1", "finetune.epochs=1",
-        "trainer.enable_progress_bar=false",
         *overrides,
     ]  # fmt: skip
 
 
 def test_plain_grid_with_joblib_gets_a_parent_and_a_report(tmp_path, store_uri):
-    """A bare `-m` grid (the first thing a Hydra user types) through joblib: one parent, every point, a report."""
+    """A bare `-m` grid (the first thing a Hydra user types) through joblib: one parent, every point, a report;
+    the terminal shows one line per finished point, and no job's progress bar or epoch lines."""
     grid = ["pruning.granularity=unstructured", "pruning.sparsity=0.5,0.9", "pruning.threshold=global"]
     command = _plain_grid_command(tmp_path, store_uri, *grid, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                                   sweep_dir="grid")  # fmt: skip
@@ -152,6 +157,11 @@ def test_plain_grid_with_joblib_gets_a_parent_and_a_report(tmp_path, store_uri):
     assert client.get_run(parent).info.status == "FINISHED"
     steps = {m.step for m in client.get_metric_history(parent, "curve/unstructured/global/acc_finetuned")}
     assert steps == {500, 900}
+    terminal = proc.stdout + proc.stderr
+    finished = [line for line in terminal.splitlines() if re.match(r"\[prunesweep\] point [12]/2 finished in ", line)]
+    assert len(finished) == 2, terminal[-3000:]
+    for noise in ("it/s]", "Epoch 0:", "epoch 1/1", "GPU available", "`srun` command", "LeafSpec"):
+        assert noise not in terminal, f"{noise!r} printed by a parallel job:\n{terminal[-3000:]}"
 
 
 def test_two_sweeps_started_together_on_one_store_both_finish(smoke_sweep_command, store_uri, report_figure):

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from prunesweep import experiment
 from prunesweep.config import ConfigError
 from prunesweep.data import DataError
+from prunesweep.progress import quiet_parallel_job, runs_in_parallel
 from prunesweep.targets import TargetError
 from prunesweep.tracking import TrackingError
 from prunesweep.tracking.sweep import find_sweep
@@ -93,6 +94,9 @@ def _threads_per_job(cfg: DictConfig) -> int:
 def app(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.threads = _threads_per_job(cfg)
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and runs_in_parallel(hydra_cfg):
+        quiet_parallel_job(cfg, hydra_cfg.overrides.task)
     sweep = _sweep_context(cfg)
     try:
         return experiment.run(cfg, sweep)

@@ -6,7 +6,8 @@ In the launching process, before any job starts (``on_multirun_start``) it:
   * opens the parent run, or reopens it when the same sweep is launched again (resume), and marks runs
     that a killed launch left RUNNING as FAILED;
   * writes ``sweep.json`` in the sweep directory, where every job finds the parent run id.
-Each job prints ``point i/N`` with the elapsed time. At the end the report (figure, table, curve
+Each job prints ``point i/N`` with the elapsed time when it starts (serial launchers only) and one line when it
+ends (``prunesweep.progress``). At the end the report (figure, table, curve
 metrics) is logged to the parent run.
 """
 
@@ -20,9 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from prunesweep.progress import finished_line, runs_in_parallel
 from prunesweep.tracking.store import open_store
 
 log = logging.getLogger("prunesweep")
@@ -30,6 +33,16 @@ log = logging.getLogger("prunesweep")
 SWEEP_FILE = "sweep.json"
 # The parent run's copy of the sweep directory's name: how a worker that cannot read sweep.json finds its sweep.
 SWEEP_DIR_TAG = "sweep_dir"
+
+
+def _is_multirun(config: DictConfig) -> bool:
+    return config.hydra.mode is not None and str(config.hydra.mode) == "RunMode.MULTIRUN"
+
+
+def _swept_overrides(config: DictConfig, info: dict[str, Any]) -> str:
+    """The point's overrides of the keys the sweep varies (all of them when unknown)."""
+    swept = set(info.get("swept_keys") or [])
+    return " ".join(o for o in config.hydra.overrides.task if not swept or o.split("=", 1)[0] in swept)
 
 
 def sweep_file(sweep_dir: str | Path) -> Path:
@@ -207,18 +220,30 @@ class SweepCallback(Callback):
             log.warning("run %s was left RUNNING by a lost attempt; marked FAILED", run.info.run_name)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
+        self._job_started = time.monotonic()
+        # Parallel jobs print only when they finish (on_job_end): their start lines would interleave.
+        if not _is_multirun(config) or runs_in_parallel(config.hydra):
             return
         info = read_sweep_file(config.hydra.sweep.dir) or {}
         elapsed = time.time() - float(info.get("started", time.time()))
-        swept = set(info.get("swept_keys") or [])
-        shown = [o for o in config.hydra.overrides.task if not swept or o.split("=", 1)[0] in swept]
-        overrides = " ".join(shown)
         total = info.get("points") or "?"
         print(
-            f"[prunesweep] point {config.hydra.job.num + 1}/{total} (elapsed {elapsed / 60:.1f} min): {overrides}",
+            f"[prunesweep] point {config.hydra.job.num + 1}/{total} (elapsed {elapsed / 60:.1f} min): "
+            f"{_swept_overrides(config, info)}",
             flush=True,
         )
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if not _is_multirun(config):
+            return
+        info = read_sweep_file(config.hydra.sweep.dir) or {}
+        if job_return.status == JobStatus.COMPLETED and isinstance(job_return.return_value, dict):
+            result = job_return.return_value
+        else:
+            result = {"status": "failed", "error": repr(job_return._return_value)}
+        seconds = time.monotonic() - getattr(self, "_job_started", time.monotonic())
+        number, total = config.hydra.job.num + 1, info.get("points") or "?"
+        print(finished_line(number, total, seconds, result, _swept_overrides(config, info)), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
