@@ -62,6 +62,10 @@ def test_seed_pipeline_logs_everything_and_holds_masks(make_cfg, tiny_overrides,
     assert metrics["params/nonzero"] == 431_080 - pruned_weights
     assert metrics["sparsity/achieved"] == pytest.approx(pruned_weights / 431_080)
     assert metrics["sparsity/target"] == 0.5
+    # the papers' basis: weights only
+    assert metrics["params/weights_total"] == 430_500
+    assert metrics["params/weights_nonzero"] == 430_500 - pruned_weights
+    assert metrics["sparsity/weights"] == pytest.approx(pruned_weights / 430_500)
     for layer, weights, biases in (
         ("conv1", 500, 20),
         ("conv2", 25_000, 50),
@@ -152,6 +156,7 @@ def test_channel_point_is_physically_smaller(make_cfg, tiny_overrides, store_uri
     # half the units of conv1, conv2 and fc1 go, and with them the next layer's matching inputs
     conv1, conv2, fc1, fc2 = 10 * 1 * 25 + 10, 25 * 10 * 25 + 25, 250 * 25 * 16 + 250, 10 * 250 + 10
     assert metrics["params/nonzero"] == conv1 + conv2 + fc1 + fc2
+    assert metrics["params/weights_nonzero"] == conv1 + conv2 + fc1 + fc2 - (10 + 25 + 250 + 10)  # biases out
     assert metrics["flops/remaining"] < 0.4 * metrics["flops/dense"]
 
 
@@ -322,6 +327,6 @@ def test_rebuilt_fine_tune_gives_the_masked_results_on_a_smaller_model(make_cfg,
         assert 0 < result["time/finetune_s"] < result["time/point_s"]
     client = MlflowClient(tracking_uri=store_uri)
     logged = client.get_run(rebuilt["run_id"]).data.metrics
-    assert {"time/finetune_s", "time/point_s", "rebuild/max_abs_diff"} <= set(logged)
+    assert {"time/finetune_s", "time/export_s", "time/point_s", "rebuild/max_abs_diff"} <= set(logged)
     state = torch.load(_download(client, rebuilt["run_id"], "model/pruned_state_dict.pt", Path(store_uri[10:]).parent))
     assert state["conv1.weight"].shape[0] == 5  # the logged model is the fine-tuned rebuilt one (20 -> 5 filters)

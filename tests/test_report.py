@@ -147,8 +147,12 @@ def test_by_target_table_pairs_each_seed_with_its_own_dense(store_uri, tmp_path:
     experiment_id = client.create_experiment("prunesweep")
     parent = client.create_run(experiment_id, tags={"prunesweep_role": "parent", "sweep_id": "sweep-seeds"})
     # (seed, dense, finetuned, fc1 sparsity, pruned latency); seed 1's first run is superseded by a rerun
-    runs = ((0, 0.9930, 0.9925, 0.99, 2.0), (1, 0.9910, 0.9800, 0.50, 9.0), (1, 0.9910, 0.9900, 0.98, 4.0))
-    for seed, dense, acc, fc1, latency in runs:
+    runs = (
+        (0, 0.9930, 0.9925, 0.99, 2.0, 1500),
+        (1, 0.9910, 0.9800, 0.50, 9.0, 9000),
+        (1, 0.9910, 0.9900, 0.98, 4.0, 1600),
+    )
+    for seed, dense, acc, fc1, latency, weights in runs:
         tags = {"granularity": "unstructured", "threshold": "sensitivity", "sparsity_target": "0.99", "seed": str(seed)}
         run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent.info.run_id, **tags})
         for key, value in {
@@ -160,6 +164,8 @@ def test_by_target_table_pairs_each_seed_with_its_own_dense(store_uri, tmp_path:
             "sparsity/fc1": fc1,
             "latency/dense_ms": 8.0,
             "latency/pruned_ms": latency,
+            "params/weights_total": 430_500,
+            "params/weights_nonzero": weights,
         }.items():
             client.log_metric(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id, "FINISHED")
@@ -171,6 +177,9 @@ def test_by_target_table_pairs_each_seed_with_its_own_dense(store_uri, tmp_path:
     assert row["drop_std"] == pytest.approx(pd.Series([0.05, 0.10]).std())
     assert row["error_pct"] == pytest.approx(100 * (1 - 0.99125))
     assert row["compression"] == pytest.approx(1 / 0.015)
+    # the papers' basis: weights only, kept weights averaged over the two seeds (the rerun's 1600, not 9000)
+    assert row["weights_nonzero"] == pytest.approx(1550)
+    assert row["compression_weights"] == pytest.approx(430_500 / 1550)
     assert row["speedup"] == pytest.approx((4.0 + 2.0) / 2)
     assert row["layer_sparsity/fc1"] == pytest.approx(0.985)
     assert "layer_sparsity/target" not in table  # the target is not a layer

@@ -46,6 +46,7 @@ from prunesweep.pruning import (
     compute_masks,
     count_macs,
     count_params,
+    count_weights,
     export_state_dict,
     largest_layer,
     latency_ms,
@@ -182,8 +183,6 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     metrics.update({f"acc/{k}": v for k, v in acc.items()})
     metrics["finetune/steps"] = result.finetune_steps
     metrics["time/finetune_s"] = timer["finetune_s"]
-    if not GRANULARITIES[spec.granularity].structured:
-        _log_state(point, sparse_export(compact)[0], "model/sparse_state.pt")
     # The rebuilt (structured) or zero-holding (unstructured) model, with every metric linked to it.
     exporting = time.perf_counter()
     model_id = log_point_model(point, compact, example, metrics, onnx=bool(cfg.tracking.get("onnx", True)))
@@ -446,8 +445,9 @@ def _measure(
     else:
         compact = copy.deepcopy(dense)
         compact.load_state_dict(export_state_dict(model))
-        metrics.update(_sparse_metrics(compact, model, input_shape))
+        metrics.update(_sparse_metrics(compact, model, input_shape, point))
     metrics["sparsity/achieved"] = 1.0 - metrics["params/nonzero"] / total
+    metrics.update(_weight_counts(dense, compact, structured=GRANULARITIES[spec.granularity].structured))
     for batch in LATENCY_BATCHES:
         metrics[f"latency/pruned_ms_b{batch}"] = latency_ms(
             compact, batch, input_shape=tuple(example.shape[1:]), budget_s=LATENCY_BUDGET_S
@@ -464,15 +464,31 @@ def _measure(
     return metrics, layers, compact
 
 
-def _sparse_metrics(compact: nn.Module, model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
-    """Unstructured: the zeros stay in place, so what shrinks is the count of nonzeros, sparse MACs and storage."""
+def _sparse_metrics(
+    compact: nn.Module, model: nn.Module, input_shape: tuple[int, ...], point: PointRun
+) -> dict[str, float]:
+    """Unstructured: the zeros stay in place, so what shrinks is the count of nonzeros, sparse MACs and storage.
+    The CSR export that the storage is measured on is logged as ``model/sparse_state.pt`` (made once)."""
     _, nonzero = count_params(model)
-    _, sizes = sparse_export(compact)
+    state, sizes = sparse_export(compact)
+    _log_state(point, state, "model/sparse_state.pt")
     return {
         "params/nonzero": nonzero,
         "flops/remaining": count_macs(compact, input_shape, sparse=True),
         "size/pruned_bytes": sizes["csr_bytes"],
         "size/compressed_bytes": sizes["compressed_bytes"],
+    }
+
+
+def _weight_counts(dense: nn.Module, compact: nn.Module, structured: bool) -> dict[str, float]:
+    """The papers' basis: weights only (biases excluded), kept = all of a rebuilt model's, else its nonzeros."""
+    weights_total = count_weights(dense)[0]
+    kept_total, kept_nonzero = count_weights(compact)
+    kept = kept_total if structured else kept_nonzero
+    return {
+        "params/weights_total": weights_total,
+        "params/weights_nonzero": kept,
+        "sparsity/weights": 1.0 - kept / weights_total,
     }
 
 

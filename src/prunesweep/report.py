@@ -41,6 +41,8 @@ METRIC_COLUMNS = {
     "sparsity/units": "sparsity_units",
     "params/nonzero": "params_nonzero",
     "params/total": "params_total",
+    "params/weights_nonzero": "weights_nonzero",
+    "params/weights_total": "weights_total",
     "flops/dense": "flops_dense",
     "flops/remaining": "flops_remaining",
     "latency/dense_ms": "latency_dense_ms",
@@ -99,9 +101,11 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
         frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce")
         frame["flops_ratio"] = frame["flops_dense"] / frame["flops_remaining"]
         frame["compression"] = 1.0 / (1.0 - frame["sparsity_achieved"])
+        # The papers' basis: weights only (runs logged before the weight counts existed show NaN).
+        frame["compression_weights"] = frame["weights_total"] / frame["weights_nonzero"]
         frame["speedup"] = frame["latency_dense_ms"] / frame["latency_pruned_ms"]
     else:
-        frame["flops_ratio"] = frame["compression"] = frame["speedup"] = []
+        frame["flops_ratio"] = frame["compression"] = frame["compression_weights"] = frame["speedup"] = []
     return frame.sort_values([*SERIES, "sparsity_target", "seed"]).reset_index(drop=True)
 
 
@@ -170,6 +174,9 @@ def aggregate(points: pd.DataFrame) -> pd.DataFrame:
         row["seeds"] = int(group["seed"].nunique())
         row["sparsity_achieved"] = float(group["sparsity_achieved"].mean())
         row["compression"] = 1.0 / (1.0 - row["sparsity_achieved"])
+        # weights-only: the kept weights averaged over seeds, the ratio taken of the mean (as for all parameters)
+        row["weights_nonzero"] = float(group["weights_nonzero"].mean())
+        row["compression_weights"] = float(group["weights_total"].mean()) / row["weights_nonzero"]
         for name in ("flops_ratio", "speedup", "acc_dense", "acc_finetuned", "drop", "error_pct"):
             row[name] = float(group[name].mean())
         for name in ("acc_finetuned", "drop"):
@@ -312,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "run_name",
         "status",
         "sparsity_achieved",
+        "compression",
+        "compression_weights",
         "acc_dense",
         "acc_pruned",
         "acc_finetuned",

@@ -33,7 +33,14 @@ with :func:`count_params`.
 from prunesweep.pruning._util import classifier_name, clone_model
 from prunesweep.pruning.discover import annotate, largest_layer
 from prunesweep.pruning.importance import IMPORTANCES, Importance
-from prunesweep.pruning.measure import count_macs, count_params, latency_ms, layer_sparsity, size_bytes
+from prunesweep.pruning.measure import (
+    count_macs,
+    count_params,
+    count_weights,
+    latency_ms,
+    layer_sparsity,
+    size_bytes,
+)
 from prunesweep.pruning.plan import (
     LayerReport,
     MaskPlan,
@@ -100,6 +107,7 @@ __all__ = [
     "compute_masks",
     "count_macs",
     "count_params",
+    "count_weights",
     "export_state_dict",
     "largest_layer",
     "latency_ms",

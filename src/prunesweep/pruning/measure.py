@@ -34,6 +34,22 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return total, nonzero
 
 
+def count_weights(model: nn.Module) -> tuple[int, int]:
+    """``(total, nonzero)`` over the weights only, as pruning papers count them: every parameter of two or more
+    dimensions (conv kernels, linear matrices), without biases and normalisation scales.
+
+    >>> from prunesweep.models import LeNet5
+    >>> count_weights(LeNet5())  # Han et al.'s LeNet-5: 430K weights (and 580 biases)
+    (430500, 430500)
+    """
+    total = nonzero = 0
+    for _, value in effective_named_params(model):
+        if value.dim() >= 2:
+            total += value.numel()
+            nonzero += int((value.detach() != 0).sum())
+    return total, nonzero
+
+
 def count_macs(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE, sparse: bool = True) -> int:
     """Multiply-accumulates of every conv/linear layer for one input (bias adds and activations excluded).
 
