@@ -10,6 +10,7 @@ import json
 import math
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from prunesweep.bench import main
@@ -34,6 +35,7 @@ EXPECTED = [
     "channel/s0.90/speedup_b256",
     "finetune/channel75_rebuilt_over_masked",
     "finetune/point_overhead_s",
+    "finetune/point_export_s",
     "finetune/sweep_rebuilt_over_masked",
     "finetune/sweep_max_acc_diff",
     "sweep/reuse_over_naive",
@@ -82,8 +84,9 @@ def test_quick_bench_logs_a_finished_run_with_every_comparison(tmp_path, capsys)
     assert metrics["unstructured/s0.90/csr_max_abs_diff"] < 1e-4  # the CSR model computes the same function
 
     tags = run.data.tags
-    for key in ("host.torch", "host.threads", "host.cpu_model", "host.date"):
+    for key in ("host.torch", "host.threads", "host.cpu_model", "host.date", "host.device_name"):
         assert tags.get(key), key
+    assert tags["bench.device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert run.data.params["quick"] == "True"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"bench_table.txt", "bench_metrics.json", "figures"} <= artifacts
@@ -93,6 +96,16 @@ def test_quick_bench_logs_a_finished_run_with_every_comparison(tmp_path, capsys)
     assert json.loads((out / "bench_metrics.json").read_text())["train/lightning_over_bare"] > 0
     printed = capsys.readouterr().out
     assert "lightning / bare" in printed and "reuse / naive" in printed
+    assert "device (points and sweeps run here)" in printed  # the table names what it ran on
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_bench_refuses_a_gpu_it_does_not_have(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--device", "cuda", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert exit_info.value.code == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()  # refused before anything was opened or run
 
 
 def test_interleaved_alternates_and_drops_warmup():

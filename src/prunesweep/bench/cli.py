@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from matplotlib import pyplot as plt
 
-from prunesweep.bench.common import ForeignCPU, Result, format_table, host_tags
+from prunesweep.bench.common import DEVICES, ForeignCPU, Result, bench_device, device_name, format_table, host_tags
 from prunesweep.bench.settings import QUICK, Settings
 from prunesweep.storage import sqlite_path
 from prunesweep.tracking import PointRun, open_store
@@ -46,16 +46,19 @@ def _say(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def run_sections(settings: Settings, sections: Sequence[str], workdir: Path, e2e_sweep: str) -> list[Result]:
+def run_sections(
+    settings: Settings, sections: Sequence[str], workdir: Path, e2e_sweep: str, device: str = "cpu"
+) -> list[Result]:
     """Every selected comparison in a fixed order (the slow subprocess sweeps last), each with the share of the
     CPU that other processes took while it ran; a last ``host`` result sums that up."""
     from prunesweep.bench.sections import Sections  # heavy imports only once argparse is done
 
     host = Result("host")
+    host.add("device (points and sweeps run here)", device_name(device))
     overall = ForeignCPU()
     foreign: dict[str, float] = {}
     results: list[Result] = []
-    for name, run in Sections(settings, workdir, e2e_sweep).plan():
+    for name, run in Sections(settings, workdir, e2e_sweep, device).plan():
         if name not in sections:
             continue
         _say(f"{name} ...")
@@ -91,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--e2e-sweep", default="smoke", help="sweep run end to end: smoke or default (~8 min)")
     parser.add_argument("--only", help=f"comma-separated sections, from: {','.join(SECTIONS)}")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, i.e. all cores)")
+    parser.add_argument(
+        "--device", default="auto", choices=DEVICES, help="where points and sweeps run (auto: the GPU when present)"
+    )
     parser.add_argument("--workdir", help="keep the sweeps' outputs and logs here (default: a temporary folder)")
     return parser
 
@@ -107,22 +113,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else Settings()
+    try:
+        device = bench_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
 
     store = open_store(args.tracking_uri, args.experiment, artifact_root(args.tracking_uri))
     tags = {f"host.{k}": v for k, v in host_tags().items()}
-    tags.update({"bench.quick": str(args.quick), "bench.sections": ",".join(sections)})
+    tags.update({"bench.quick": str(args.quick), "bench.sections": ",".join(sections), "bench.device": device})
+    tags["host.device_name"] = device_name(device)
     params = {k: str(v) for k, v in dataclasses.asdict(settings).items()}
     params.update({"quick": str(args.quick), "e2e_sweep": args.e2e_sweep, "threads": str(torch.get_num_threads())})
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run = PointRun(store, f"bench{'-quick' if args.quick else ''}-{stamp}", tags, params)
     _say(f"MLflow run {run.run_id} in experiment {args.experiment!r} of {store.uri}")
+    _say(f"device: {device_name(device)}")
     out = Path(args.out).expanduser() if args.out else None
 
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="prunesweep-bench-") as tmp:
             workdir = Path(args.workdir).expanduser().resolve() if args.workdir else Path(tmp)
-            results = run_sections(settings, sections, workdir, args.e2e_sweep)
+            results = run_sections(settings, sections, workdir, args.e2e_sweep, device)
         table = _record(run, results, time.perf_counter() - start, out)
     except BaseException as err:
         run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", err)

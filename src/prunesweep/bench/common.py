@@ -85,6 +85,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def bench_device(choice: str, cuda_available: bool | None = None) -> str:
+    """``cpu`` or ``cuda`` for ``--device``: ``auto`` takes the GPU when there is one; ``cuda`` without one is an
+    error rather than a CPU run that would be reported as a GPU row.
+
+    >>> bench_device("auto", cuda_available=False), bench_device("auto", cuda_available=True)
+    ('cpu', 'cuda')
+    """
+    if choice not in DEVICES:
+        raise ValueError(f"--device {choice!r}: choose from {', '.join(DEVICES)}")
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if choice == "cuda" and not available:
+        raise ValueError("--device cuda: torch sees no CUDA device here")
+    return "cuda" if choice == "cuda" or (choice == "auto" and available) else "cpu"
+
+
+def device_name(device: str) -> str:
+    """What the bench ran on, for its table and tags: the GPU's name, or the CPU model and torch's threads."""
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    return f"CPU: {cpu_model()}, {torch.get_num_threads()} torch threads"
+
+
 def host_tags() -> dict[str, str]:
     """Facts that decide whether two bench runs can be compared at all."""
     load1, load5, _ = os.getloadavg()

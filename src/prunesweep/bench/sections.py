@@ -23,10 +23,13 @@ from prunesweep.experiment import setup_data
 class Sections:
     """One method per section, each returning its :class:`Result`; :meth:`plan` lists them in running order."""
 
-    def __init__(self, settings: Settings, workdir: Path, e2e_sweep: str) -> None:
+    def __init__(self, settings: Settings, workdir: Path, e2e_sweep: str, device: str = "cpu") -> None:
         self.settings = settings
         self.workdir = workdir
         self.e2e_sweep = e2e_sweep
+        # Sections that run real points or sweeps run them on the GPU with trainer=gpu; the micro-benchmarks of
+        # the training loop, data path, pruning and latency stay on the CPU they were designed for.
+        self.point_overrides: tuple[str, ...] = ("trainer=gpu",) if device == "cuda" else ()
         self.cfg: DictConfig = point_config(
             "trainer.enable_progress_bar=false", f"paths.output_dir={workdir / 'outputs'}"
         )
@@ -72,7 +75,11 @@ class Sections:
     def finetune(self) -> Result:
         s = self.settings
         return rebuilt_vs_masked(
-            self.workdir / "finetune", s.finetune_train_subset, s.finetune_repeats, s.finetune_sweep_sparsities
+            self.workdir / "finetune",
+            s.finetune_train_subset,
+            s.finetune_repeats,
+            s.finetune_sweep_sparsities,
+            extra=self.point_overrides,
         )
 
     def sweep(self) -> Result:
@@ -82,6 +89,7 @@ class Sections:
             "train.epochs=1",
             "finetune.epochs=1",
             "trainer.enable_progress_bar=false",
+            *self.point_overrides,
         )
         result, self.sweep_reuse = sweep_cost(
             self.workdir / "sweep", point_config(*base), s.sweep_grid, base, s.sweep_timeout_s
@@ -93,7 +101,7 @@ class Sections:
         if s.e2e_from_sweep_cost and self.e2e_sweep == "smoke" and self.sweep_reuse is not None:
             return end_to_end_result("+sweep=smoke, the sweep comparison's reuse run", self.sweep_reuse)
         timeout = s.e2e_timeout_s if self.e2e_sweep == "smoke" else max(s.e2e_timeout_s, 1800.0)
-        return end_to_end(self.workdir / "e2e", self.e2e_sweep, s.e2e_overrides, timeout)
+        return end_to_end(self.workdir / "e2e", self.e2e_sweep, (*s.e2e_overrides, *self.point_overrides), timeout)
 
     def yardstick(self) -> float:
         """One bare training epoch: from the training comparison, or timed on a few batches when it was skipped."""

@@ -125,7 +125,17 @@ def train_throughput(
 
     times = interleaved({"bare": bare, "lightning": lightning}, repeats=repeats, warmup=1)
     epoch_seconds = epoch_seconds[-repeats:]  # drop the warm-up round's
-    n = len(x)
+    return _throughput_result(times, epoch_seconds, len(x), len(batches()), batch_size, epoch_images)
+
+
+def _throughput_result(
+    times: dict[str, list[float]],
+    epoch_seconds: list[float],
+    n: int,
+    batches_n: int,
+    batch_size: int,
+    epoch_images: int,
+) -> Result:
     bare_s, fit_s = median(times["bare"]), median(times["lightning"])
     # Ratio of adjacent pairs, then the median: a burst of load hits one pair, not the whole ratio.
     ratio = median([b / light for b, light in zip(times["bare"], times["lightning"], strict=True)])
@@ -144,7 +154,6 @@ def train_throughput(
         "train/spread_bare": spread(times["bare"]),
         "train/spread_lightning": spread(times["lightning"]),
     }
-    batches_n = len(batches())
     result.add(f"bare loop, {n} images ({batches_n} batches of {batch_size})", f"{n / bare_s:,.0f} img/s")
     result.add("lightning, prunesweep.lit.fit (bar off, no val)", f"{n / fit_s:,.0f} img/s")
     result.add("lightning / bare (whole fit)", f"{ratio:.3f}x", f">= {GOAL:.2f}x", ratio >= GOAL)
