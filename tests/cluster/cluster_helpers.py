@@ -73,11 +73,12 @@ def unfinished(children: list) -> dict[str, str]:
 
 
 def job_errors(sweep_dir: Path, lines: int = 40) -> dict[str, str]:
-    """{log file: its last lines} for every submitit job log under ``sweep_dir`` that holds a traceback."""
+    """{log file: its last lines} for every submitit job log under ``sweep_dir`` (stdout, where a point's failure
+    line goes, and stderr) that holds an error."""
     found = {}
-    for path in sorted(sweep_dir.glob(".submitit/**/*.err")):
+    for path in sorted(sweep_dir.glob(".submitit/**/*_log.*")):
         text = path.read_text(errors="replace")
-        if "Traceback" in text or "Error" in text:
+        if "Traceback" in text or "Error" in text or "FAILED" in text:
             found[path.name] = "\n".join(text.splitlines()[-lines:])
     return found
 

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+
+from prunesweep.tracking.datasets import dataset_inputs, log_inputs_racing
 
 pytestmark = pytest.mark.slow
 
 WRITERS = 16
 STEPS = 20
+#: Three tiny splits, the attributes a datamodule's dataset inputs are read from.
+SPLIT_TENSORS = {
+    f"{prefix}_{split}": tensor
+    for split, size in (("train", 8), ("val", 4), ("test", 6))
+    for prefix, tensor in (("x", torch.zeros(size, 1, 2, 2)), ("y", torch.arange(size) % 2))
+}
 
 
 def _write_one(url: str, experiment_id: str, index: int) -> str:
@@ -63,3 +74,29 @@ def test_sixteen_concurrent_writers_lose_nothing(tracking_server, report_figure)
         f"({STEPS + 1} metric points and a 128 KiB artifact each), 0 duplicates, {len(errors)} errors, "
         f"{elapsed:.1f} s"
     )
+
+
+def _log_same_dataset(url: str, experiment_id: str, index: int, start: threading.Barrier) -> list[str]:
+    """One point's dataset inputs, logged the moment every writer is ready: all of them race for one new dataset."""
+    client = MlflowClient(tracking_uri=url)
+    run_id = client.create_run(experiment_id, run_name=f"point-{index:02d}").info.run_id
+    inputs = dataset_inputs(SimpleNamespace(**SPLIT_TENSORS), "racing")
+    start.wait(timeout=60)
+    log_inputs_racing(client, run_id, inputs)
+    return sorted(i.dataset.name for i in client.get_run(run_id).inputs.dataset_inputs)
+
+
+def test_points_that_log_the_same_new_dataset_at_once_all_get_it(tracking_server):
+    """CI saw a SLURM point fail here: MLflow inserts a new dataset after looking it up, so parallel points that
+    log the same splits first race, and the losers hit the key (PostgreSQL UniqueViolation). Every point keeps its
+    inputs, and the store holds each split once."""
+    client = MlflowClient(tracking_uri=tracking_server)
+    experiment_id = client.create_experiment("racing-datasets")
+    start = threading.Barrier(WRITERS)
+    with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+        futures = [pool.submit(_log_same_dataset, tracking_server, experiment_id, i, start) for i in range(WRITERS)]
+        logged = [f.result(timeout=120) for f in futures]
+    assert logged == [["racing-test", "racing-train", "racing-validation"]] * WRITERS
+    runs = client.search_runs([experiment_id], max_results=100)
+    digests = {i.dataset.digest for r in runs for i in r.inputs.dataset_inputs}
+    assert len(digests) == 3, "one dataset per split, shared by every run"

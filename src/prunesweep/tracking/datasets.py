@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from prunesweep.tracking.run import PointRun
 
+#: How MLflow reports an insert that lost the race for a new dataset, per backend.
+DUPLICATE_KEY_MARKERS = ("UniqueViolation", "duplicate key value", "UNIQUE constraint failed", "IntegrityError")
 SPLITS = (("train", "x_train", "y_train"), ("validation", "x_val", "y_val"), ("test", "x_test", "y_test"))
 
 
@@ -56,7 +61,25 @@ def log_datasets(point: PointRun, datamodule: Any, name: str) -> dict[str, str]:
     """Log the splits as the run's inputs; returns ``{split: digest}`` (also set as ``data.digest.<split>`` tags,
     which ``prunesweep-reproduce`` compares)."""
     inputs = dataset_inputs(datamodule, name)
-    point.client.log_inputs(point.run_id, datasets=inputs)
+    log_inputs_racing(point.client, point.run_id, inputs)
     digests = {i.tags[0].value: i.dataset.digest for i in inputs}
     point.set_tags({f"data.digest.{split}": digest for split, digest in digests.items()})
     return digests
+
+
+def log_inputs_racing(client: MlflowClient, run_id: str, inputs: list[DatasetInput], attempts: int = 4) -> None:
+    """``client.log_inputs``, safe when parallel points log the same new dataset at the same moment.
+
+    MLflow's store looks the dataset up and inserts it when missing, in one transaction; two points that both miss
+    it both insert, and the second violates the datasets' key (PostgreSQL: ``UniqueViolation``, SQLite: ``UNIQUE
+    constraint failed``). That transaction is rolled back whole, so trying again is safe, and the retry finds the
+    winner's dataset and links it. Any other error is raised at once.
+    """
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as err:
+            if attempt == attempts - 1 or not any(marker in str(err) for marker in DUPLICATE_KEY_MARKERS):
+                raise
+            time.sleep(0.1 * (attempt + 1))
