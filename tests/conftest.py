@@ -19,6 +19,18 @@ from omegaconf import DictConfig
 from prunesweep.bench.settings import point_config
 
 REPO = Path(__file__).resolve().parents[1]
+#: Where MLflow puts artifacts of an experiment made without a location: the working directory, here the checkout.
+STRAY_STORES = ("mlruns", "mlartifacts")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_checkout() -> Iterator[None]:
+    """Tests write under their tmp_path only; an experiment created without an artifact location would fill
+    ./mlruns of the checkout (it did, from two tests, until 2026-11-30)."""
+    before = {name for name in STRAY_STORES if (REPO / name).exists()}
+    yield
+    made = {name for name in STRAY_STORES if (REPO / name).exists()} - before
+    assert not made, f"the tests wrote {sorted(made)} into the checkout {REPO}"
 
 
 @pytest.fixture

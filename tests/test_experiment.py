@@ -241,7 +241,7 @@ def test_rewind_to_epoch_k_replays_the_first_k_epochs_exactly(make_cfg, tiny_ove
     cfg = make_cfg(*tiny_overrides, "train.epochs=2", f"paths.dense_cache={tmp_path / 'cache'}")
     datamodule = instantiate(cfg.data, log=print)
     datamodule.setup()
-    point = PointRun(open_store(store_uri, "prunesweep"), "rewind-check", {}, {})
+    point = PointRun(open_store(store_uri, "prunesweep", str(tmp_path / "mlartifacts")), "rewind-check", {}, {})
     snapshots: dict[int, dict] = {}
 
     class Snapshot(pl.Callback):

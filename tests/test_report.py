@@ -22,11 +22,16 @@ POINTS = [
 ]
 
 
+def _artifacts(tmp_path: Path) -> str:
+    """Artifacts under the test's folder: an experiment made without a location writes to ./mlruns of the CWD."""
+    return (tmp_path / "mlartifacts").as_uri()
+
+
 @pytest.fixture
-def built_store(store_uri: str) -> tuple[MlflowClient, str, str]:
+def built_store(store_uri: str, tmp_path: Path) -> tuple[MlflowClient, str, str]:
     """A sweep written with plain MLflow calls, the way any other tool could have written it."""
     client = MlflowClient(tracking_uri=store_uri)
-    experiment_id = client.create_experiment("elsewhere")
+    experiment_id = client.create_experiment("elsewhere", artifact_location=_artifacts(tmp_path))
     parent = client.create_run(experiment_id, tags={"prunesweep_role": "parent", "sweep_id": "sweep-abc"})
     for granularity, threshold, target, achieved, acc, seed in POINTS:
         run = client.create_run(
@@ -118,10 +123,10 @@ def test_report_command_logs_curves_and_is_safe_to_rerun(built_store, store_uri,
     assert len(written) == len(POINTS) + 1
 
 
-def test_series_split_by_what_the_sweep_varies(store_uri):
+def test_series_split_by_what_the_sweep_varies(store_uri, tmp_path: Path):
     """Two importances in one sweep are two curves, not one curve averaged as if they were seeds."""
     client = MlflowClient(tracking_uri=store_uri)
-    experiment_id = client.create_experiment("prunesweep")
+    experiment_id = client.create_experiment("prunesweep", artifact_location=_artifacts(tmp_path))
     parent = client.create_run(experiment_id, tags={"prunesweep_role": "parent", "sweep_id": "sweep-imp"})
     for importance, acc in (("l1", 0.99), ("taylor", 0.95)):
         tags = {"granularity": "unstructured", "threshold": "global", "importance": importance, "model": "lenet5",
@@ -144,7 +149,7 @@ def test_series_split_by_what_the_sweep_varies(store_uri):
 def test_by_target_table_pairs_each_seed_with_its_own_dense(store_uri, tmp_path: Path):
     """The results table: mean over seeds, drop paired per seed, speedup and per-layer sparsity carried."""
     client = MlflowClient(tracking_uri=store_uri)
-    experiment_id = client.create_experiment("prunesweep")
+    experiment_id = client.create_experiment("prunesweep", artifact_location=_artifacts(tmp_path))
     parent = client.create_run(experiment_id, tags={"prunesweep_role": "parent", "sweep_id": "sweep-seeds"})
     # (seed, dense, finetuned, fc1 sparsity, pruned latency); seed 1's first run is superseded by a rerun
     runs = (

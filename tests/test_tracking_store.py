@@ -18,9 +18,9 @@ def test_experiment_is_created_as_a_model_training_experiment(store_uri):
     assert open_store(store_uri, "prunesweep").experiment_id == store.experiment_id
 
 
-def test_an_older_experiment_gets_the_kind_tag_when_opened(store_uri):
+def test_an_older_experiment_gets_the_kind_tag_when_opened(store_uri, tmp_path):
     client = MlflowClient(tracking_uri=store_uri)
-    experiment_id = client.create_experiment("made-before")
+    experiment_id = client.create_experiment("made-before", artifact_location=(tmp_path / "mlartifacts").as_uri())
     assert "mlflow.experimentKind" not in client.get_experiment(experiment_id).tags
     assert open_store(store_uri, "made-before").experiment_id == experiment_id
     assert client.get_experiment(experiment_id).tags.items() >= EXPERIMENT_KIND.items()
