@@ -52,19 +52,28 @@ def tiny_overrides(tmp_path: Path, store_uri: str) -> list[str]:
 
 
 @pytest.fixture
-def smoke_sweep_command(tmp_path: Path, store_uri: str) -> Callable[..., list[str]]:
-    """Builds the `prunesweep +sweep=smoke` command line on 512 real MNIST images, writing only under tmp_path."""
+def sweep_command(tmp_path: Path) -> Callable[..., list[str]]:
+    """`prunesweep +sweep=smoke` on 512 real MNIST images, writing only under tmp_path (store given by caller)."""
 
     def build(*overrides: str, sweep_dir: str = "sweep") -> list[str]:
         return [
             sys.executable, "-m", "prunesweep.cli", "+sweep=smoke",
-            f"tracking.uri={store_uri}",
             f"paths.output_dir={tmp_path / 'outputs'}",
             f"hydra.sweep.dir={tmp_path / sweep_dir}",
             "data.train_subset=512",
             "trainer.enable_progress_bar=false",
             *overrides,
         ]  # fmt: skip
+
+    return build
+
+
+@pytest.fixture
+def smoke_sweep_command(sweep_command: Callable[..., list[str]], store_uri: str) -> Callable[..., list[str]]:
+    """The same command on the test's own SQLite store."""
+
+    def build(*overrides: str, sweep_dir: str = "sweep") -> list[str]:
+        return sweep_command(f"tracking.uri={store_uri}", *overrides, sweep_dir=sweep_dir)
 
     return build
 

@@ -1,4 +1,5 @@
-"""Session fixtures for the real cluster services (tests/cluster/cluster_services.py) and the sweep command on them.
+"""Session fixtures for the real cluster services (tests/cluster/cluster_services.py); the sweep
+command they run is tests/conftest.py's `sweep_command`.
 
 A missing binary skips these tests on a developer's machine, but fails them under ``CI=true``: CI installs
 them (.ci/run), and a cluster test that quietly skips there would prove nothing.
@@ -7,7 +8,7 @@ them (.ci/run), and a cluster test that quietly skips there would prove nothing.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,20 +38,3 @@ def slurm_cluster() -> Iterator[services.Slurm]:
     require_root("SLURM")
     with services.slurm() as cluster:
         yield cluster
-
-
-@pytest.fixture
-def sweep_command(tmp_path: Path) -> Callable[..., list[str]]:
-    """`prunesweep +sweep=smoke` on 512 real MNIST images, writing only under tmp_path (store given by caller)."""
-
-    def build(*overrides: str, sweep_dir: str = "sweep") -> list[str]:
-        return [
-            sys.executable, "-m", "prunesweep.cli", "+sweep=smoke",
-            f"paths.output_dir={tmp_path / 'outputs'}",
-            f"hydra.sweep.dir={tmp_path / sweep_dir}",
-            "data.train_subset=512",
-            "trainer.enable_progress_bar=false",
-            *overrides,
-        ]  # fmt: skip
-
-    return build
