@@ -68,6 +68,9 @@ log = logging.getLogger("prunesweep")
 LATENCY_BATCHES = (1, 256)
 #: Wall seconds one latency measurement (a model at a batch size) may take: a fixed cost per point, whatever the model.
 LATENCY_BUDGET_S = 0.25
+#: Bumped when the measured numbers would change for the same dense model (v2: LeNet-5's faster inference pooling),
+#: so that no point compares its latency with a dense one cached by older code.
+MEASURES_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -407,7 +410,8 @@ def _dense_metrics(
             )
         return metrics
 
-    key = f"{dense_key(cfg)}-measures-{'x'.join(map(str, image_shape))}-t{torch.get_num_threads()}"
+    shape = "x".join(map(str, image_shape))
+    key = f"{dense_key(cfg)}-measures-{shape}-t{torch.get_num_threads()}-v{MEASURES_VERSION}"
     metrics, measured = cache.json_or_compute(cfg.paths.dense_cache, key, measure, log=log.info, what="dense measures")
     point.set_tags({"dense_measures_cached": not measured})
     return metrics

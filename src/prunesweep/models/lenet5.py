@@ -6,6 +6,25 @@ import torch
 from torch import nn
 
 
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``max_pool2d(x, 2)``, the same values bit for bit, faster where it can be.
+
+    Without autograd on the CPU (evaluation, latency), two elementwise maxima over strided views compute it
+    about 10x faster than PyTorch's pooling kernel, which made up ~40 % of LeNet-5's batch-256 forward. Training
+    keeps ``max_pool2d`` (its backward is the faster one), and so do tracing and ONNX export (one MaxPool op).
+
+    >>> x = torch.randn(2, 3, 8, 6)
+    >>> with torch.no_grad():
+    ...     torch.equal(max_pool_2x2(x), nn.functional.max_pool2d(x, 2))
+    True
+    """
+    height, width = x.shape[-2:]
+    if torch.is_grad_enabled() or x.is_cuda or torch.jit.is_tracing() or height % 2 or width % 2:
+        return nn.functional.max_pool2d(x, 2)
+    rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 class LeNet5(nn.Module):
     """conv 1→20 (5×5), pool; conv 20→50 (5×5), pool; fc 800→500; fc 500→10.
 
@@ -29,8 +48,8 @@ class LeNet5(nn.Module):
         self.fc2 = nn.Linear(500, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = max_pool_2x2(torch.relu(self.conv1(x)))
+        x = max_pool_2x2(torch.relu(self.conv2(x)))
         x = torch.flatten(x, 1)
         x = torch.relu(self.fc1(x))
         return self.fc2(x)
