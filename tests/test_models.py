@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from prunesweep.models import MODELS, ResNet, ViT, build_model
+from prunesweep.models import MODELS, LeNet5, ResNet, ViT, build_model
+from prunesweep.models.lenet5 import max_pool_2x2
 from prunesweep.pruning import available_granularities
 
 
@@ -62,3 +63,16 @@ def test_vit_heads_are_per_encoder_layer() -> None:
     assert model.structures["head"]["encoder.2.attn.fn"] == ("0", "1", "2", "3")
     assert model.structures["block"] == {"encoder": ("encoder.0", "encoder.1", "encoder.2", "encoder.3")}
     assert model.channel_layers == tuple(f"encoder.{i}.mlp.fn.fc1" for i in range(4))
+
+
+def test_lenet5_computes_the_same_outputs_with_and_without_autograd():
+    """Its inference pooling (no autograd) is a different kernel from training's max_pool2d: same values, bit for bit,
+    including the ties that ReLU's zeros make in every 2x2 window."""
+    model = LeNet5().eval()
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = model(x)
+    assert torch.equal(fast, model(x).detach())
+    odd = torch.randn(2, 3, 7, 5)
+    with torch.no_grad():  # odd sizes: max_pool2d's floor, via max_pool2d itself
+        assert torch.equal(max_pool_2x2(odd), torch.nn.functional.max_pool2d(odd, 2))
