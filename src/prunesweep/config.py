@@ -17,6 +17,7 @@ from torch import nn
 
 from prunesweep import schedules
 from prunesweep.data import DATASETS
+from prunesweep.distillation import Distillation
 from prunesweep.lit import LR_SCHEDULES
 from prunesweep.models import MODELS
 from prunesweep.pruning import PruningConfigError, PruningSpec, validate_spec
@@ -34,7 +35,10 @@ _DATA_KEYS_NOT_IN_HASH = ("root", "sources", "eval_batch_size", "_target_")
 # Keys left out of the hash while at their default: added after sweeps had finished points, and at the default they
 # compute what those points computed (the rebuilt model fine-tunes exactly like the masked one, as
 # tests/pruning/test_pruning_rebuilt_training.py shows).
-_HASHED_UNLESS_DEFAULT = {("finetune", "rebuilt"): True}
+_HASHED_UNLESS_DEFAULT = {
+    ("finetune", "rebuilt"): True,
+    ("finetune", "distill"): {"weight": 0.0, "temperature": 4.0},
+}
 
 
 class ConfigError(ValueError):
@@ -93,6 +97,10 @@ def _check_recipes(cfg: DictConfig) -> None:
     _integer(cfg, "train.batch_size", low=1)
     if not isinstance(cfg.finetune.get("rebuilt", True), bool):
         raise ConfigError(f"finetune.rebuilt={cfg.finetune.rebuilt!r} must be true or false")
+    try:
+        Distillation.from_recipe(cfg.finetune)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ConfigError(f"finetune.distill={cfg.finetune.get('distill')!r}: {err}") from None
 
 
 def _check_schedule(cfg: DictConfig) -> None:

@@ -33,6 +33,7 @@ from prunesweep.config import (
     sensitivity_key,
     validate,
 )
+from prunesweep.distillation import Distillation
 from prunesweep.lit import evaluate, fit
 from prunesweep.pruning import (
     GRANULARITIES,
@@ -173,7 +174,9 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     # once, on the validation split, before any weight is pruned.
     threshold = make_threshold(spec)
     timer: dict[str, float] = {"finetune_s": 0.0}
-    job = _schedule_job(cfg, spec, threshold, model, datamodule, point, timer)
+    # Distillation's teacher: the point's own dense model, a copy (the trainer may move it to the device).
+    teacher = copy.deepcopy(dense) if Distillation.from_recipe(cfg.finetune).enabled else None
+    job = _schedule_job(cfg, spec, threshold, model, datamodule, point, timer, teacher)
     result = SCHEDULES[str(cfg.pruning.schedule)](job)
     finetuned = model if result.model is None else result.model  # what was fine-tuned: rebuilt, or masked
     acc["pruned"] = result.acc_pruned
@@ -211,10 +214,12 @@ def _schedule_job(
     datamodule: pl.LightningDataModule,
     point: PointRun,
     timer: dict[str, float],
+    teacher: nn.Module | None = None,
 ) -> ScheduleJob:
     """What a schedule works with: pruning, evaluating, fine-tuning, rewinding and rebuilding this point's model.
 
-    ``timer["finetune_s"]`` accumulates the wall seconds of every fine-tuning fit (``time/finetune_s``).
+    ``timer["finetune_s"]`` accumulates the wall seconds of every fine-tuning fit (``time/finetune_s``); every fit
+    distils from ``teacher`` when ``finetune.distill`` asks for it.
     """
     calib = _calibration_batches(spec, datamodule)
     if threshold.needs_calibration:
@@ -238,6 +243,7 @@ def _schedule_job(
             log_metrics=point.log_metrics,
             prefix=prefix,
             callbacks=callbacks,
+            teacher=teacher,
         )
         timer["finetune_s"] += time.perf_counter() - started
         return trainer.global_step

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from prunesweep.distillation import Distillation, distillation_loss
 from prunesweep.tracking.lightning import EpochMetrics
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -24,7 +25,8 @@ class Classifier(pl.LightningModule):
     """Wraps any ``nn.Module`` classifier; logs ``train/loss`` and ``val/acc`` once per epoch.
 
     The wrapped model is shared, not copied: fine-tuning the Classifier fine-tunes the model the
-    pruning engine masked.
+    pruning engine masked. With a ``teacher`` and ``distill`` enabled, the training loss also matches the
+    teacher's outputs (:mod:`prunesweep.distillation`); the teacher stays frozen and in eval mode.
     """
 
     def __init__(
@@ -35,9 +37,15 @@ class Classifier(pl.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         lr_schedule: str = "constant",
+        teacher: nn.Module | None = None,
+        distill: Distillation | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        self.distill = distill or Distillation()
+        # Kept out of the module tree: Lightning would otherwise warn about modules in eval mode, put the teacher
+        # back in train mode every epoch and save it with the student. Frozen, in eval mode, moved at fit start.
+        self._teacher = [] if teacher is None or not self.distill.enabled else [teacher.requires_grad_(False).eval()]
         self.lr = lr
         self.optimizer_name = optimizer
         self.momentum = momentum
@@ -51,12 +59,27 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = nn.functional.cross_entropy(self.model(x), y)
+        logits = self.model(x)
+        if self.teacher is None:
+            loss = nn.functional.cross_entropy(logits, y)
+        else:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            loss = distillation_loss(logits, teacher_logits, y, self.distill)
         if not torch.isfinite(loss):
             # A NaN loss never recovers; stop now with a reason rather than train garbage for hours.
             raise FloatingPointError(f"training loss became {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen model distilled from, or None (no teacher, or ``distill.weight`` 0)."""
+        return self._teacher[0] if self._teacher else None
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -77,8 +100,9 @@ class Classifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
     @classmethod
-    def from_recipe(cls, model: nn.Module, recipe: Mapping[str, Any]) -> Classifier:
-        """A Classifier with a ``train``/``finetune`` recipe's optimizer settings (absent keys: the defaults)."""
+    def from_recipe(cls, model: nn.Module, recipe: Mapping[str, Any], teacher: nn.Module | None = None) -> Classifier:
+        """A Classifier with a ``train``/``finetune`` recipe's optimizer settings (absent keys: the defaults), and
+        its ``distill`` settings when a ``teacher`` is given."""
         return cls(
             model,
             lr=float(recipe["lr"]),
@@ -86,6 +110,8 @@ class Classifier(pl.LightningModule):
             momentum=float(recipe.get("momentum", 0.9)),
             weight_decay=float(recipe.get("weight_decay", 0.0)),
             lr_schedule=str(recipe.get("lr_schedule") or "constant"),
+            teacher=teacher,
+            distill=Distillation.from_recipe(recipe),
         )
 
 
@@ -113,6 +139,7 @@ def fit(
     log_metrics: Callable[[Mapping[str, float], int], None] | None = None,
     prefix: str = "",
     callbacks: Sequence[pl.Callback] = (),
+    teacher: nn.Module | None = None,
 ) -> pl.Trainer:
     """Train ``model`` in place with a recipe (``lr``, ``optimizer``, ``momentum``, ``weight_decay``,
     ``lr_schedule``, ``epochs``) under a Trainer built from ``trainer_cfg``; return the trainer, whose
@@ -121,7 +148,7 @@ def fit(
     ``epochs`` overrides the recipe's; ``max_steps`` stops earlier, after that many steps (the last epoch is
     then partial, and a cosine schedule decays over the steps). ``log_metrics(metrics, epoch)`` receives
     ``<prefix>train/loss`` and ``<prefix>val/acc`` once per epoch. No logger and no checkpoints: runs are
-    recorded by the caller.
+    recorded by the caller. ``teacher`` is the model a recipe with ``distill.weight > 0`` distils from.
     """
     extra: list[pl.Callback] = [] if log_metrics is None else [EpochMetrics(log_metrics, prefix=prefix)]
     if max_steps is not None:
@@ -135,7 +162,7 @@ def fit(
         enable_checkpointing=False,
         callbacks=[*extra, *callbacks],
     )
-    trainer.fit(Classifier.from_recipe(model, recipe), train_dataloaders=train, val_dataloaders=val)
+    trainer.fit(Classifier.from_recipe(model, recipe, teacher), train_dataloaders=train, val_dataloaders=val)
     return trainer
 
 
