@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -153,3 +154,67 @@ def test_sensitivity_threshold_is_refused_for_coarse_units():
     spec = PruningSpec(sparsity=0.5, granularity="block", threshold="sensitivity")
     with pytest.raises(PruningConfigError, match=r"sensitivity is not defined for pruning\.granularity=block"):
         compute_masks(ResNet(), spec, threshold_batches=_batches(1))
+
+
+def _curves(loss: dict[str, list[float]], sizes: dict[str, int], grid=(0.0, 0.25, 0.5, 0.75, 1.0)) -> SensitivityCurves:
+    return SensitivityCurves(grid, loss, {n: [1.0] * len(grid) for n in loss}, sizes)
+
+
+def _hull_cost(curves: SensitivityCurves, layer: str, units: float) -> float:
+    """The loss increase the hull prices ``units`` removed at (linear between its vertices)."""
+    hull = curves.hull(layer)
+    for (x0, y0), (x1, y1) in itertools.pairwise(hull):
+        if units <= x1:
+            return y0 + (units - x0) / (x1 - x0) * (y1 - y0)
+    return hull[-1][1]
+
+
+def test_hull_is_convex_lies_on_or_below_every_measured_point_and_starts_at_zero():
+    curves = _curves({"a": [1.0, 1.5, 1.6, 1.65, 3.0]}, {"a": 8})  # concave middle: (2, .5) and (4, .6) leave
+    hull = curves.hull("a")
+    assert hull[0] == (0.0, 0.0) and hull[-1] == (8.0, 2.0)
+    slopes = [(y1 - y0) / (x1 - x0) for (x0, y0), (x1, y1) in itertools.pairwise(hull)]
+    assert slopes == sorted(slopes)
+    for s, increase in zip(curves.sparsities, curves._increase("a"), strict=True):
+        assert _hull_cost(curves, "a", s * 8) <= increase + 1e-12
+
+
+@pytest.mark.parametrize("target", [0.1, 0.3, 0.5, 0.8, 0.95])
+def test_marginal_allocation_hits_the_target_and_no_other_split_is_cheaper(target):
+    """Brute force over every split of the units between two layers: none costs less on the hull."""
+    curves = _curves({"a": [0.0, 0.1, 0.5, 2.0, 6.0], "b": [0.0, 0.4, 0.6, 0.9, 4.0]}, {"a": 40, "b": 24})
+    counts = curves.allocate_marginal(target)
+    total = round(target * 64)
+    assert sum(counts.values()) == total
+    chosen = _hull_cost(curves, "a", counts["a"]) + _hull_cost(curves, "b", counts["b"])
+    best = min(
+        _hull_cost(curves, "a", a) + _hull_cost(curves, "b", total - a)
+        for a in range(max(0, total - 24), min(40, total) + 1)
+    )
+    assert chosen <= best + 1e-9  # the equal-loss rule misses this at every target here (e.g. 0.1 vs 0.06)
+
+
+def test_marginal_allocation_differs_from_equal_loss_where_a_layer_is_expensive_to_cut():
+    # "big" must lose most of its units anyway; equal loss then lets "small" lose as much loss, marginal does not
+    curves = _curves({"big": [0.0, 0.0, 0.1, 0.3, 5.0], "small": [0.0, 0.2, 0.4, 0.6, 5.0]}, {"big": 1000, "small": 10})
+    equal, marginal = curves.allocate(0.75), curves.allocate_marginal(0.75)
+    assert sum(equal.values()) == sum(marginal.values()) == round(0.75 * 1010)
+    assert marginal["small"] < equal["small"]
+
+
+def test_marginal_allocation_honours_min_keep():
+    curves = _curves({"a": [0.0, 0.0, 0.0, 0.0, 0.0], "b": [0.0, 1.0, 2.0, 3.0, 4.0]}, {"a": 4, "b": 4})
+    counts = curves.allocate_marginal(0.75, min_keep=1)
+    assert counts == {"a": 3, "b": 3}
+
+
+def test_marginal_threshold_prunes_the_exact_total_on_a_real_model():
+    model = LeNet5()
+    threshold = make_threshold(PruningSpec(sparsity=0.9, threshold="marginal"))
+    plan = compute_masks(model, PruningSpec(sparsity=0.9, threshold="marginal"), threshold=threshold,
+                         threshold_batches=_batches())  # fmt: skip
+    weights = sum(model.get_submodule(n).weight.numel() for n in LeNet5.prunable_layers)
+    pruned = sum(
+        int((~mask).sum()) for params in plan.masks.values() for name, mask in params.items() if name == "weight"
+    )
+    assert pruned == round(0.9 * weights)

@@ -15,7 +15,8 @@ holds the order):
    ``needs_calibration``, ``uses_normalize``...): :mod:`.importance` — ``IMPORTANCES``: ``l1``, ``l2``, ``taylor``,
    ``entropy``, ``random``; ``activation`` and ``ablation`` for coarse units. :mod:`.thresholds` — ``THRESHOLDS``:
    ``global``, ``layerwise``, ``statistical``; :mod:`.sensitivity` adds ``sensitivity`` (per-layer rates from
-   one-layer-at-a-time curves, equal loss increase per layer).
+   one-layer-at-a-time curves, equal loss increase per layer) and ``marginal`` (the same curves, equal loss
+   increase per unit removed).
 5. :mod:`.planner` — :func:`validate_spec` (reads the capabilities), :func:`make_threshold` and
    :func:`compute_masks` (score → pin previous → allocate and check → expand → report).
 6. :mod:`.reconstruct` — physically smaller models and sparse exports; :mod:`.measure` — params/MACs/latency;
@@ -67,7 +68,7 @@ from prunesweep.pruning.reconstruct import (
     rebuild_modules,
     sparse_export,
 )
-from prunesweep.pruning.sensitivity import Sensitivity, SensitivityCurves, measure_sensitivity
+from prunesweep.pruning.sensitivity import Marginal, Sensitivity, SensitivityCurves, measure_sensitivity
 from prunesweep.pruning.spec import PruningConfigError, PruningSpec
 from prunesweep.pruning.structures import Block, Head, Layer
 from prunesweep.pruning.thresholds import DISTRIBUTIONS, NORMALIZERS, THRESHOLDS, Threshold
@@ -89,6 +90,7 @@ __all__ = [
     "Importance",
     "Layer",
     "LayerReport",
+    "Marginal",
     "MaskPlan",
     "PruningConfigError",
     "PruningSpec",

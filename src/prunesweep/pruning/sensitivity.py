@@ -1,4 +1,5 @@
-"""Sensitivity analysis, and an allocation that spends the same loss in every layer.
+"""Sensitivity analysis, and two allocations from its curves: the same loss in every layer, or the same marginal
+cost per unit removed.
 
 Han et al. (2015) chose their per-layer pruning rates by hand from curves like these: prune one layer at a
 time (the others dense), watch the accuracy. :func:`measure_sensitivity` measures the curves on held-out
@@ -14,10 +15,13 @@ target; the ``sensitivity`` threshold (:class:`Sensitivity`) prunes each layer's
 ... )
 >>> curves.allocate(0.5)  # 55 of 110 units: the insensitive layer gives most of them
 {'big': 54, 'small': 1}
+>>> curves.allocate_marginal(0.5)  # the 5 units beyond big's free half cost less there than in small
+{'big': 55, 'small': 0}
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -124,6 +128,61 @@ class SensitivityCurves:
             if extra > 0:
                 chosen[n] += extra
         return chosen
+
+    def hull(self, layer: str) -> list[tuple[float, float]]:
+        """The lower convex hull of ``(units removed, loss increase)`` from ``(0, 0)``: the cheapest measured way to
+        remove any count, with costs per unit (the slopes) that only grow."""
+        size = self.sizes[layer]
+        hull: list[tuple[float, float]] = []
+        for point in zip((s * size for s in self.sparsities), self._increase(layer), strict=True):
+            while len(hull) >= 2 and _turn(hull[-2], hull[-1], point) <= 0:
+                hull.pop()  # the last vertex lies on or above the chord: a mix of its neighbours is cheaper
+            hull.append(point)
+        return hull
+
+    def allocate_marginal(self, target: float, min_keep: int = 0) -> dict[str, int]:
+        """Units to prune per layer: ``round(target × all units)`` in total, at an equal marginal cost.
+
+        The Lagrangian rule: take hull segments (see :meth:`hull`) across all layers, cheapest loss increase per
+        unit first, until the target is reached. Every layer then stops where removing one more unit costs the
+        same ``λ``, so no unit moved between layers could lower the summed loss increase; the equal-loss rule of
+        :meth:`allocate` instead lets a cheap layer lose as much loss as the most expensive one must.
+        """
+        caps = {n: max(0, self.sizes[n] - min_keep) for n in self.sizes}
+        total = min(round(target * sum(self.sizes.values())), sum(caps.values()))
+        segments = []
+        for name in self.sizes:
+            hull = self.hull(name)
+            for (x0, y0), (x1, y1) in itertools.pairwise(hull):
+                if min(x1, caps[name]) > x0:
+                    segments.append(((y1 - y0) / (x1 - x0), -self.sizes[name], name, x0, min(x1, caps[name])))
+        removed = dict.fromkeys(self.sizes, 0.0)
+        left = float(total)
+        for _slope, _, name, start, end in sorted(segments):  # ties: the larger layer first
+            take = min(end - start, left)
+            removed[name] += take
+            left -= take
+            if left <= 0:
+                break
+        return _rounded(removed, total, caps)
+
+
+def _turn(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+    """> 0 when o → a → b turns left (counter-clockwise): a lies below the chord o–b."""
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def _rounded(counts: Mapping[str, float], total: int, caps: Mapping[str, int]) -> dict[str, int]:
+    """Whole units summing to ``total`` (within ``caps``): floors, then the largest remainders one unit each."""
+    chosen = {n: min(caps[n], math.floor(c + 1e-9)) for n, c in counts.items()}
+    for name in sorted(counts, key=lambda n: counts[n] - math.floor(counts[n] + 1e-9), reverse=True):
+        if sum(chosen.values()) >= total:
+            break
+        if chosen[name] < caps[name]:
+            chosen[name] += 1
+    for name in counts:  # float error left more than one unit: any layer with room
+        chosen[name] += max(0, min(caps[name] - chosen[name], total - sum(chosen.values())))
+    return chosen
 
 
 @torch.no_grad()
@@ -240,9 +299,22 @@ class Sensitivity(Threshold):
                 f"the sensitivity curves cover {self.curves.sizes} (layer: units) but the scores {sizes}: "
                 "calibrate on the layers being pruned (a stale cached curve file is safe to delete)"
             )
-        counts = self.curves.allocate(sparsity, self.min_keep)
+        counts = self.allocate(self.curves, sparsity)
         per_layer = {n: counts[n] / scores[n].numel() for n in scores}
         alloc: Allocation = Layerwise(layer_sparsity=per_layer, min_keep=self.min_keep).select(scores, sparsity)
         for name in scores:
             alloc.info[name]["layer_target"] = per_layer[name]
         return alloc
+
+    def allocate(self, curves: SensitivityCurves, sparsity: float) -> dict[str, int]:
+        """Units to prune per layer at ``sparsity``: equal loss increase per layer."""
+        return curves.allocate(sparsity, self.min_keep)
+
+
+@register_threshold("marginal")
+class Marginal(Sensitivity):
+    """Per-layer counts from :meth:`SensitivityCurves.allocate_marginal` (equal loss increase per unit removed),
+    lowest scores first; the same curves, measured and cached as for ``sensitivity``."""
+
+    def allocate(self, curves: SensitivityCurves, sparsity: float) -> dict[str, int]:
+        return curves.allocate_marginal(sparsity, self.min_keep)
