@@ -8,6 +8,8 @@ import pytest
 
 from prunesweep.cli import CONF_DIR, SWEEPS_DIR
 from prunesweep.config import ConfigError, config_hash, dense_key, flatten, plain, pruning_spec, validate
+from prunesweep.models import MODELS
+from prunesweep.pruning import count_params, count_weights
 
 # Options with a ??? the user fills in (their own model class, their image folder); see tests/test_own_model.py.
 NEEDS_A_VALUE = {("model", "custom"), ("data", "image_folder")}
@@ -48,21 +50,30 @@ def test_every_sweep_is_a_multirun(make_cfg, sweep):
 
 @pytest.mark.parametrize("point", sorted(p.stem for p in (CONF_DIR / "frontier").glob("*.yaml")))
 def test_every_frontier_point_delivers_the_compression_its_name_states(make_cfg, point):
-    """``..._100x`` must mean 100x of *all* LeNet-5 parameters, though biases (580 of 431,080) are never pruned."""
+    """Names read ``[model_]granularity_threshold_level[_method]``. ``..._100x`` means 100x of *all* parameters,
+    though biases (LeNet-5: 580 of 431,080) are never pruned; ``..._285xw`` means 285x of the weights only (the
+    papers' basis); a bare number is the percentage of units removed. A method suffix names the setting it turns on."""
     cfg = make_cfg("+sweep=frontier", f"+frontier={point}")
     validate(cfg)
     assert (cfg.pruning.schedule, cfg.train.epochs, cfg.finetune.epochs) == ("gradual", 12, 16)
-    granularity, threshold, level = point.split("_")
-    assert (cfg.pruning.granularity, cfg.pruning.threshold) == (granularity, threshold)
-    if level.endswith("x"):
-        stated = int(level[:-1])
-        compression = 1 / (1 - round(cfg.pruning.sparsity * 430_500) / 431_080)
-        if threshold == "statistical":  # no exact promise and the fit falls short, so it must ask for more
-            assert compression > stated
-        else:
-            assert stated <= compression < 1.02 * stated  # at least, and within 2 %
+    parts = point.split("_")
+    model = parts.pop(0) if parts[0] in MODELS else "lenet5"
+    granularity, threshold, level, *method = parts
+    assert (cfg.model.name, cfg.pruning.granularity, cfg.pruning.threshold) == (model, granularity, threshold)
+    assert (cfg.finetune.distill.weight > 0) == (method == ["distill"])
+    weights, params = count_weights(MODELS[model]())[0], count_params(MODELS[model]())[0]
+    kept_weights = weights - round(cfg.pruning.sparsity * weights)
+    if level.endswith("xw"):
+        stated, compression = int(level[:-2]), weights / kept_weights
+    elif level.endswith("x"):
+        stated, compression = int(level[:-1]), params / (kept_weights + params - weights)
     else:
         assert cfg.pruning.sparsity == int(level) / 100
+        return
+    if threshold == "statistical":  # no exact promise and the fit falls short, so it must ask for more
+        assert compression > stated
+    else:
+        assert stated <= compression < 1.02 * stated  # at least, and within 2 %
 
 
 def test_reduced_frontier_is_a_subset_of_the_frontier(make_cfg):

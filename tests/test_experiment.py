@@ -330,3 +330,30 @@ def test_rebuilt_fine_tune_gives_the_masked_results_on_a_smaller_model(make_cfg,
     assert {"time/finetune_s", "time/export_s", "time/point_s", "rebuild/max_abs_diff"} <= set(logged)
     state = torch.load(_download(client, rebuilt["run_id"], "model/pruned_state_dict.pt", Path(store_uri[10:]).parent))
     assert state["conv1.weight"].shape[0] == 5  # the logged model is the fine-tuned rebuilt one (20 -> 5 filters)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("finetune.distill.weight=0.7", "pruning.schedule=gradual", "pruning.gradual.frequency=1"),
+        ("finetune.distill.weight=0.7", "pruning.granularity=channel", "pruning.threshold=global"),
+        ("pruning.threshold=marginal", "pruning.schedule=gradual", "pruning.gradual.frequency=1"),
+    ],
+    ids=["distill-gradual", "distill-channel-rebuilt", "marginal-gradual"],
+)
+def test_new_methods_end_with_masks_held_and_the_target_met(
+    make_cfg, tiny_overrides, store_uri, overrides, shared_dense
+):
+    """Distillation and the marginal-cost allocation keep the harness's guarantees on real MNIST: the exact
+    target, masks held through fine-tuning (the run fails otherwise), and a rebuilt model equal to the masked one."""
+    small_val = ("data.val_size=1000",)  # marginal measures its curves on the validation split
+    cfg = make_cfg(*tiny_overrides, *TRAINED, shared_dense, *small_val, *overrides, "pruning.sparsity=0.75")
+    result = experiment.run(cfg)
+    assert result["status"] == "finished"
+    metrics = _only_run(store_uri)[1].data.metrics
+    if "pruning.granularity=channel" in overrides:
+        assert metrics["sparsity/units"] == pytest.approx(0.75, abs=0.02)
+        assert metrics["rebuild/max_abs_diff"] < 1e-4
+    else:
+        assert metrics["params/weights_nonzero"] == round(0.25 * metrics["params/weights_total"])
+    assert WELL_ABOVE_CHANCE < metrics["acc/finetuned"] <= 1.0
