@@ -191,3 +191,19 @@ def test_by_target_table_pairs_each_seed_with_its_own_dense(store_uri, tmp_path:
     written = pd.read_csv(tmp_path / "by_target.csv")
     assert written["drop"].item() == pytest.approx(row["drop"])
     assert "report/by_target.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+
+
+def test_distilled_points_are_their_own_series(store_uri, tmp_path: Path):
+    """The same target with and without distillation is two rows, told apart by the logged param."""
+    client = MlflowClient(tracking_uri=store_uri)
+    experiment_id = client.create_experiment("prunesweep", artifact_location=_artifacts(tmp_path))
+    parent = client.create_run(experiment_id, tags={"prunesweep_role": "parent", "sweep_id": "sweep-kd"})
+    for weight, acc in (("0.0", 0.97), ("0.7", 0.99)):
+        tags = {"granularity": "unstructured", "threshold": "global", "sparsity_target": "0.99", "seed": "0"}
+        run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent.info.run_id, **tags})
+        client.log_param(run.info.run_id, "finetune.distill.weight", weight)
+        for key, value in {"acc/dense": 0.99, "acc/finetuned": acc, "sparsity/achieved": 0.99}.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    table = aggregate(load_points(client, experiment_id, parent.info.run_id))
+    assert dict(zip(table["distill"], table["acc_finetuned"], strict=True)) == {"off": 0.97, "distill0.7": 0.99}

@@ -31,7 +31,7 @@ from prunesweep import plots
 
 SERIES = ("granularity", "threshold")
 # Also split series by these when a sweep varies them (a seed sweep averages only over seeds).
-SPLIT_WHEN_VARIED = ("model", "importance", "schedule")
+SPLIT_WHEN_VARIED = ("model", "importance", "schedule", "distill")
 TOLERANCES = (0.1, 0.5, 1.0)  # accuracy points below dense
 METRIC_COLUMNS = {
     "acc/dense": "acc_dense",
@@ -71,6 +71,7 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
             }
             row.update({col: run.data.tags.get(tag) for tag, col in ((t, t) for t in TAG_COLUMNS)})
             row["sparsity_target"] = float(run.data.tags.get("sparsity_target", "nan"))
+            row["distill"] = _distill(run.data.params)
             row.update({col: run.data.metrics.get(key, np.nan) for key, col in METRIC_COLUMNS.items()})
             # per-layer sparsity (sparsity/<layer>): the allocation each method chose
             row.update(
@@ -92,6 +93,7 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
         "start_time",
         *TAG_COLUMNS,
         "sparsity_target",
+        "distill",
         *METRIC_COLUMNS.values(),
         "error",
     ]
@@ -107,6 +109,17 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
     else:
         frame["flops_ratio"] = frame["compression"] = frame["compression_weights"] = frame["speedup"] = []
     return frame.sort_values([*SERIES, "sparsity_target", "seed"]).reset_index(drop=True)
+
+
+def _distill(params: dict[str, str]) -> str:
+    """``off``, or ``distill<weight>`` for a point fine-tuned with distillation (read from its logged params, so
+    runs logged before the setting existed read as off).
+
+    >>> _distill({}), _distill({"finetune.distill.weight": "0.0"}), _distill({"finetune.distill.weight": "0.7"})
+    ('off', 'off', 'distill0.7')
+    """
+    weight = float(params.get("finetune.distill.weight") or 0.0)
+    return f"distill{weight:g}" if weight > 0 else "off"
 
 
 def series_columns(points: pd.DataFrame) -> list[str]:
