@@ -57,7 +57,7 @@ from prunesweep.pruning import (
     size_bytes,
     sparse_export,
 )
-from prunesweep.schedules import SCHEDULES, Rebuilt, ScheduleJob, ScheduleResult, masking_prune
+from prunesweep.schedules import SCHEDULES, Finetune, Rebuilt, ScheduleJob, ScheduleResult, masking_prune
 from prunesweep.targets import build_datamodule, build_model, data_signature
 from prunesweep.tracking import PointRun, open_store, run_name
 from prunesweep.tracking.datasets import log_datasets
@@ -227,6 +227,33 @@ def _schedule_job(
     test_batches = datamodule.test_dataloader()
     steps_per_epoch = len(datamodule.train_dataloader())
     example = _example_input(datamodule)
+    return ScheduleJob(
+        model=model,
+        sparsity=spec.sparsity,
+        prune=masking_prune(model, spec, calib, threshold, example_inputs=example),
+        evaluate=lambda other=None: evaluate(model if other is None else other, test_batches),
+        finetune=_finetuner(cfg, model, datamodule, point, timer, teacher),
+        epochs=int(cfg.finetune.epochs),
+        steps_per_epoch=steps_per_epoch,
+        rounds=int(cfg.pruning.rounds),
+        gradual_end_fraction=float(cfg.pruning.gradual.end_fraction),
+        gradual_frequency=int(cfg.pruning.gradual.frequency),
+        rewind=_rewinder(cfg, datamodule, point, model),
+        rebuild=_rebuilder(cfg, spec, model, example, next(iter(test_batches))[0][:256]),
+    )
+
+
+def _finetuner(
+    cfg: DictConfig,
+    job_model: nn.Module,
+    datamodule: pl.LightningDataModule,
+    point: PointRun,
+    timer: dict[str, float],
+    teacher: nn.Module | None,
+) -> Finetune:
+    """The job's ``finetune``: ``cfg.finetune``'s recipe on the training split, per-epoch metrics logged, its wall
+    seconds added to ``timer["finetune_s"]``."""
+    steps_per_epoch = len(datamodule.train_dataloader())
 
     def finetune(
         callbacks: Sequence[pl.Callback], steps: int | None = None, prefix: str = "", model: nn.Module | None = None
@@ -248,21 +275,7 @@ def _schedule_job(
         timer["finetune_s"] += time.perf_counter() - started
         return trainer.global_step
 
-    job_model = model
-    return ScheduleJob(
-        model=model,
-        sparsity=spec.sparsity,
-        prune=masking_prune(model, spec, calib, threshold, example_inputs=example),
-        evaluate=lambda other=None: evaluate(model if other is None else other, test_batches),
-        finetune=finetune,
-        epochs=int(cfg.finetune.epochs),
-        steps_per_epoch=steps_per_epoch,
-        rounds=int(cfg.pruning.rounds),
-        gradual_end_fraction=float(cfg.pruning.gradual.end_fraction),
-        gradual_frequency=int(cfg.pruning.gradual.frequency),
-        rewind=_rewinder(cfg, datamodule, point, model),
-        rebuild=_rebuilder(cfg, spec, model, example, next(iter(test_batches))[0][:256]),
-    )
+    return finetune
 
 
 def _rebuilder(

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,27 +63,7 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
             max_results=1000,
             page_token=token,
         )
-        for run in page:
-            row = {
-                "run_id": run.info.run_id,
-                "run_name": run.info.run_name,
-                "status": run.info.status,
-                "start_time": run.info.start_time,
-            }
-            row.update({col: run.data.tags.get(tag) for tag, col in ((t, t) for t in TAG_COLUMNS)})
-            row["sparsity_target"] = float(run.data.tags.get("sparsity_target", "nan"))
-            row["distill"] = _distill(run.data.params)
-            row.update({col: run.data.metrics.get(key, np.nan) for key, col in METRIC_COLUMNS.items()})
-            # per-layer sparsity (sparsity/<layer>): the allocation each method chose
-            row.update(
-                {
-                    f"layer_sparsity/{key.removeprefix('sparsity/')}": value
-                    for key, value in run.data.metrics.items()
-                    if key.startswith("sparsity/") and key not in METRIC_COLUMNS and key != "sparsity/target"
-                }
-            )
-            row["error"] = run.data.tags.get("error", "")
-            rows.append(row)
+        rows.extend(_point_row(run) for run in page)
         token = page.token
         if not token:
             break
@@ -109,6 +90,30 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
     else:
         frame["flops_ratio"] = frame["compression"] = frame["compression_weights"] = frame["speedup"] = []
     return frame.sort_values([*SERIES, "sparsity_target", "seed"]).reset_index(drop=True)
+
+
+def _point_row(run: Any) -> dict[str, Any]:
+    """One point's row: what it is (tags, params), what it measured, and its per-layer sparsity."""
+    row = {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "start_time": run.info.start_time,
+    }
+    row.update({tag: run.data.tags.get(tag) for tag in TAG_COLUMNS})
+    row["sparsity_target"] = float(run.data.tags.get("sparsity_target", "nan"))
+    row["distill"] = _distill(run.data.params)
+    row.update({col: run.data.metrics.get(key, np.nan) for key, col in METRIC_COLUMNS.items()})
+    # per-layer sparsity (sparsity/<layer>): the allocation each method chose
+    row.update(
+        {
+            f"layer_sparsity/{key.removeprefix('sparsity/')}": value
+            for key, value in run.data.metrics.items()
+            if key.startswith("sparsity/") and key not in METRIC_COLUMNS and key != "sparsity/target"
+        }
+    )
+    row["error"] = run.data.tags.get("error", "")
+    return row
 
 
 def _distill(params: dict[str, str]) -> str:
