@@ -171,6 +171,7 @@ def test_by_target_table_pairs_each_seed_with_its_own_dense(store_uri, tmp_path:
             "latency/pruned_ms": latency,
             "params/weights_total": 430_500,
             "params/weights_nonzero": weights,
+            "sparsity/weights": 1 - weights / 430_500,
         }.items():
             client.log_metric(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id, "FINISHED")
@@ -188,6 +189,7 @@ def test_by_target_table_pairs_each_seed_with_its_own_dense(store_uri, tmp_path:
     assert row["speedup"] == pytest.approx((4.0 + 2.0) / 2)
     assert row["layer_sparsity/fc1"] == pytest.approx(0.985)
     assert "layer_sparsity/target" not in table  # the target is not a layer
+    assert "layer_sparsity/weights" not in table  # nor is the weights-only sparsity
     written = pd.read_csv(tmp_path / "by_target.csv")
     assert written["drop"].item() == pytest.approx(row["drop"])
     assert "report/by_target.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}

@@ -40,6 +40,7 @@ METRIC_COLUMNS = {
     "acc/finetuned": "acc_finetuned",
     "sparsity/achieved": "sparsity_achieved",
     "sparsity/units": "sparsity_units",
+    "sparsity/weights": "sparsity_weights",
     "params/nonzero": "params_nonzero",
     "params/total": "params_total",
     "params/weights_nonzero": "weights_nonzero",
