@@ -45,9 +45,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prunesweep +sweep=structures": (COMPOSE, "54 points of ResNet and ViT"),
     "prunesweep +sweep=frontier_reduced": (COMPOSE, "15 long recipes"),
     "prunesweep +sweep=frontier": (COMPOSE, "51 long recipes, hours"),
-    "prunesweep +sweep=frontier2 hydra/launcher=joblib hydra.launcher.n_jobs=2": (COMPOSE, "12 long recipes"),
-    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw,channel_layerwise_80 hydra/launcher=joblib "
-    "hydra.launcher.n_jobs=2": (COMPOSE, "6 long recipes"),
+    "prunesweep +sweep=frontier2": (COMPOSE, "18 long recipes"),
+    "prunesweep +sweep=frontier2 hydra/launcher=joblib hydra.launcher.n_jobs=2": (COMPOSE, "18 long recipes"),
     "prunesweep +sweep=frontier +frontier=lenet300_unstructured_global_70xw_distill finetune.epochs=64 "
     "hydra/launcher=joblib hydra.launcher.n_jobs=2": (COMPOSE, "3 long runs"),
     "prunesweep +sweep=frontier_reduced hydra/launcher=joblib hydra.launcher.n_jobs=2": (COMPOSE, "15 long recipes"),

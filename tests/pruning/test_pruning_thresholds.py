@@ -122,7 +122,7 @@ def test_capabilities_say_where_each_threshold_applies() -> None:
     assert all(cls.accepts(GRANULARITIES["channel"]) for cls in THRESHOLDS.values())
     assert {name for name, cls in THRESHOLDS.items() if cls.uses_normalize} == {"global"}
     assert {name for name, cls in THRESHOLDS.items() if cls.uses_layer_sparsity} == {"layerwise"}
-    assert {name for name, cls in THRESHOLDS.items() if cls.needs_calibration} == {"sensitivity"}
+    assert {name for name, cls in THRESHOLDS.items() if cls.needs_calibration} == {"sensitivity", "marginal"}
 
 
 def test_lowest_breaks_ties_like_torch_prune() -> None:
