@@ -6,6 +6,7 @@ seconds, not a training. Errors name the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -37,7 +38,7 @@ _DATA_KEYS_NOT_IN_HASH = ("root", "sources", "eval_batch_size", "_target_")
 # tests/pruning/test_pruning_rebuilt_training.py shows).
 _HASHED_UNLESS_DEFAULT = {
     ("finetune", "rebuilt"): True,
-    ("finetune", "distill"): {"weight": 0.0, "temperature": 4.0},
+    ("finetune", "distill"): dataclasses.asdict(Distillation()),
 }
 
 

@@ -47,7 +47,10 @@ class Distillation:
     def from_recipe(cls, recipe: Mapping[str, Any]) -> Distillation:
         """The ``distill`` entry of a ``finetune`` recipe; absent or null means off."""
         settings = recipe.get("distill") or {}
-        return cls(weight=float(settings.get("weight", 0.0)), temperature=float(settings.get("temperature", 4.0)))
+        return cls(
+            weight=float(settings.get("weight", cls.weight)),
+            temperature=float(settings.get("temperature", cls.temperature)),
+        )
 
 
 def distillation_loss(

@@ -232,7 +232,7 @@ def _schedule_job(
         sparsity=spec.sparsity,
         prune=masking_prune(model, spec, calib, threshold, example_inputs=example),
         evaluate=lambda other=None: evaluate(model if other is None else other, test_batches),
-        finetune=_finetuner(cfg, model, datamodule, point, timer, teacher),
+        finetune=_finetuner(cfg, model, datamodule, steps_per_epoch, point, timer, teacher),
         epochs=int(cfg.finetune.epochs),
         steps_per_epoch=steps_per_epoch,
         rounds=int(cfg.pruning.rounds),
@@ -247,13 +247,13 @@ def _finetuner(
     cfg: DictConfig,
     job_model: nn.Module,
     datamodule: pl.LightningDataModule,
+    steps_per_epoch: int,
     point: PointRun,
     timer: dict[str, float],
     teacher: nn.Module | None,
 ) -> Finetune:
     """The job's ``finetune``: ``cfg.finetune``'s recipe on the training split, per-epoch metrics logged, its wall
     seconds added to ``timer["finetune_s"]``."""
-    steps_per_epoch = len(datamodule.train_dataloader())
 
     def finetune(
         callbacks: Sequence[pl.Callback], steps: int | None = None, prefix: str = "", model: nn.Module | None = None

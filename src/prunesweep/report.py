@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib import pyplot as plt
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from prunesweep import plots
@@ -93,7 +93,7 @@ def load_points(client: MlflowClient, experiment_id: str, parent_run_id: str) ->
     return frame.sort_values([*SERIES, "sparsity_target", "seed"]).reset_index(drop=True)
 
 
-def _point_row(run: Any) -> dict[str, Any]:
+def _point_row(run: Run) -> dict[str, Any]:
     """One point's row: what it is (tags, params), what it measured, and its per-layer sparsity."""
     row = {
         "run_id": run.info.run_id,

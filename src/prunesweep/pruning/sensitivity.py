@@ -154,8 +154,9 @@ class SensitivityCurves:
         for name in self.sizes:
             hull = self.hull(name)
             for (x0, y0), (x1, y1) in itertools.pairwise(hull):
-                if min(x1, caps[name]) > x0:
-                    segments.append(((y1 - y0) / (x1 - x0), -self.sizes[name], name, x0, min(x1, caps[name])))
+                end = min(x1, caps[name])
+                if end > x0:
+                    segments.append(((y1 - y0) / (x1 - x0), -self.sizes[name], name, x0, end))
         removed = dict.fromkeys(self.sizes, 0.0)
         left = float(total)
         for _slope, _, name, start, end in sorted(segments):  # ties: the larger layer first
