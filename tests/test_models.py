@@ -66,13 +66,39 @@ def test_vit_heads_are_per_encoder_layer() -> None:
 
 
 def test_lenet5_computes_the_same_outputs_with_and_without_autograd():
-    """Its inference pooling (no autograd) is a different kernel from training's max_pool2d: same values, bit for bit,
-    including the ties that ReLU's zeros make in every 2x2 window."""
+    """Its inference pooling (no autograd) is a different kernel from training's max_pool2d: same values, bit for bit
+    (ties included: the all-zero image makes them in every 2x2 window)."""
     model = LeNet5().eval()
     x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         fast = model(x)
     assert torch.equal(fast, model(x).detach())
+    zeros = torch.zeros(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(zeros), model(zeros.clone()).detach())
     odd = torch.randn(2, 3, 7, 5)
     with torch.no_grad():  # odd sizes: max_pool2d's floor, via max_pool2d itself
         assert torch.equal(max_pool_2x2(odd), torch.nn.functional.max_pool2d(odd, 2))
+
+
+def test_lenet5_pooling_before_relu_is_the_textbook_order_bit_for_bit():
+    """Its forward pools, then applies ReLU (cheaper); they commute, so outputs and every gradient equal the textbook
+    conv → ReLU → pool order exactly, ReLU's zeros and ties included."""
+    torch.manual_seed(0)
+    model = LeNet5()
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+
+    def textbook(images: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.max_pool2d(torch.relu(model.conv1(images)), 2)
+        h = nn.functional.max_pool2d(torch.relu(model.conv2(h)), 2)
+        return model.fc2(torch.relu(model.fc1(torch.flatten(h, 1))))
+
+    grads = []
+    for forward in (model, textbook):
+        model.zero_grad()
+        out = forward(x)
+        nn.functional.cross_entropy(out, y).backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (out_a, grads_a), (out_b, grads_b) = grads
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))

@@ -3,8 +3,9 @@ per-point overhead, and a reduced default sweep with ``finetune.rebuilt`` on and
 
 Every point is a real ``experiment.run`` on its own SQLite store, so the times are the ones a sweep logs
 (``time/finetune_s``, ``time/point_s``). The dense model is trained by a warm-up point first and cached, so no
-side pays for it. The old side also measures the dense model in every point, as every point did before its
-measures were cached beside it.
+side pays for it. The old side is the path before issue 17 as far as settings reach: the masked fine-tune, the
+dense model measured in every point (as before its measures were cached beside it), and evaluation in batches of
+1000 (before they were cut to 256, which stay in the CPU's caches and give the same outputs bit for bit).
 """
 
 from __future__ import annotations
@@ -19,18 +20,23 @@ from prunesweep.bench.settings import point_config
 FINETUNE_RATIO_GOAL = 0.4
 POINT_OVERHEAD_GOAL_S = 2.0
 SWEEP_RATIO_GOAL = 0.55
+#: ``data.eval_batch_size`` before issue 17.
+OLD_EVAL_BATCH_SIZE = 1000
 
 
 def _point(workdir: Path, overrides: Sequence[str], rebuilt: bool) -> dict[str, float]:
-    """One point; ``rebuilt=False`` is the path before issue 17: the masked fine-tune, and the dense model's
-    accuracy, counts and latency measured again by every point (its cached measures are removed first)."""
+    """One point; ``rebuilt=False`` is the path before issue 17: the masked fine-tune, the dense model's accuracy,
+    counts and latency measured again by every point (its cached measures are removed first), and evaluation in
+    batches of ``OLD_EVAL_BATCH_SIZE``."""
     from prunesweep import experiment  # heavy: only once the bench runs this section
 
     if not rebuilt:
         for measures in (workdir / "dense").glob("*-measures-*.json"):
             measures.unlink()
+    old = () if rebuilt else (f"data.eval_batch_size={OLD_EVAL_BATCH_SIZE}",)
     cfg = point_config(
         *overrides,
+        *old,
         f"finetune.rebuilt={str(rebuilt).lower()}",
         f"paths.output_dir={workdir / ('rebuilt' if rebuilt else 'masked')}",
         f"paths.dense_cache={workdir / 'dense'}",
@@ -134,7 +140,8 @@ def _reduced_sweep(result: Result, workdir: Path, base: Sequence[str], sparsitie
         }
     )
     result.add(
-        f"reduced sweep ({len(points)} points, dense cached), new vs old path (masked, dense measured per point)",
+        f"reduced sweep ({len(points)} points, dense cached), new vs old path (masked, dense measured per point, "
+        f"eval batches of {OLD_EVAL_BATCH_SIZE})",
         f"{total[True]:.1f} s vs {total[False]:.1f} s = {ratio:.2f}x; accuracies within {100 * worst:.2f} points",
         f"<= {SWEEP_RATIO_GOAL}",
         ratio <= SWEEP_RATIO_GOAL,

@@ -42,7 +42,7 @@ class MNISTDataModule(InMemoryDataModule):
         name: str = "mnist",
         root: str | Path | None = None,
         batch_size: int = 256,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int = 256,
         val_size: int = 5000,
         train_subset: int | None = None,
         split_seed: int = 0,

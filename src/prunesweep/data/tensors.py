@@ -88,7 +88,7 @@ class TensorDataModule(InMemoryDataModule):
     def __init__(
         self,
         batch_size: int = 256,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int = 256,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         train_subset: int | None = None,
