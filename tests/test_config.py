@@ -7,7 +7,17 @@ from pathlib import Path
 import pytest
 
 from prunesweep.cli import CONF_DIR, SWEEPS_DIR
-from prunesweep.config import ConfigError, config_hash, dense_key, flatten, plain, pruning_spec, validate
+from prunesweep.config import (
+    ConfigError,
+    config_hash,
+    dense_key,
+    flatten,
+    plain,
+    pruning_spec,
+    sensitivity_key,
+    validate,
+    variational_key,
+)
 from prunesweep.models import MODELS
 from prunesweep.pruning import count_params, count_weights
 
@@ -52,7 +62,8 @@ def test_every_sweep_is_a_multirun(make_cfg, sweep):
 def test_every_frontier_point_delivers_the_compression_its_name_states(make_cfg, point):
     """Names read ``[model_]granularity_threshold_level[_method]``. ``..._100x`` means 100x of *all* parameters,
     though biases (LeNet-5: 580 of 431,080) are never pruned; ``..._285xw`` means 285x of the weights only (the
-    papers' basis); a bare number is the percentage of units removed. A method suffix names the setting it turns on."""
+    papers' basis); a bare number is the percentage of units removed. A method suffix names the setting it turns on
+    (distill: finetune.distill; variational: pruning.importance)."""
     cfg = make_cfg("+sweep=frontier", f"+frontier={point}")
     validate(cfg)
     assert (cfg.pruning.schedule, cfg.train.epochs, cfg.finetune.epochs) == ("gradual", 12, 16)
@@ -61,6 +72,7 @@ def test_every_frontier_point_delivers_the_compression_its_name_states(make_cfg,
     granularity, threshold, level, *method = parts
     assert (cfg.model.name, cfg.pruning.granularity, cfg.pruning.threshold) == (model, granularity, threshold)
     assert (cfg.finetune.distill.weight > 0) == (method == ["distill"])
+    assert (cfg.pruning.importance == "variational") == (method == ["variational"])
     weights, params = count_weights(MODELS[model]())[0], count_params(MODELS[model]())[0]
     kept_weights = weights - round(cfg.pruning.sparsity * weights)
     if level.endswith("xw"):
@@ -217,3 +229,20 @@ def test_finetune_rebuilt_keeps_the_hashes_of_points_finished_before_it(make_cfg
     assert config_hash(new) != config_hash(make_cfg("finetune.rebuilt=false"))
     with pytest.raises(ConfigError, match=r"finetune.rebuilt='yes' must be true or false"):
         validate(make_cfg("finetune.rebuilt=yes"))
+
+
+def test_pruning_variational_keeps_old_hashes_and_keys_its_trained_model(make_cfg):
+    """At its defaults pruning.variational is left out of the hash (finished points still match); a changed recipe
+    is another point and another trained model, and the sensitivity curves of a variational model are its own."""
+    new = make_cfg("pruning.importance=variational")
+    assert config_hash(new) == config_hash(make_cfg("pruning.importance=variational", "~pruning.variational"))
+    longer = make_cfg("pruning.importance=variational", "pruning.variational.epochs=40")
+    assert config_hash(longer) != config_hash(new)
+    assert variational_key(longer) != variational_key(new)
+    assert variational_key(new) == variational_key(make_cfg("pruning.importance=variational", "pruning.sparsity=0.9"))
+    sensitivity = ("pruning.threshold=sensitivity",)
+    assert sensitivity_key(make_cfg(*sensitivity, "pruning.importance=variational")) != sensitivity_key(
+        make_cfg(*sensitivity, "pruning.importance=variational", "pruning.variational.epochs=40")
+    )
+    with pytest.raises(ConfigError, match=r"pruning\.variational=.*lr must be > 0"):
+        validate(make_cfg("pruning.variational.lr=0"))

@@ -13,6 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from prunesweep import experiment
+from prunesweep.config import ConfigError
 from prunesweep.lit import fit
 from prunesweep.models import LeNet5
 
@@ -357,3 +358,30 @@ def test_new_methods_end_with_masks_held_and_the_target_met(
     else:
         assert metrics["params/weights_nonzero"] == round(0.25 * metrics["params/weights_total"])
     assert WELL_ABOVE_CHANCE < metrics["acc/finetuned"] <= 1.0
+
+
+def test_variational_dropout_trains_once_and_every_target_is_met(make_cfg, tiny_overrides, store_uri, shared_dense):
+    """pruning.importance=variational trains sparse VD from the dense model once (its epochs logged), caches it
+    beside the dense model, and every target then prunes its θ by −log α exactly, masks held."""
+    common = (
+        *tiny_overrides,
+        *TRAINED,
+        shared_dense,
+        "data.val_size=1000",
+        "pruning.importance=variational",
+        "pruning.threshold=global",
+        "pruning.variational.epochs=2",
+        "pruning.variational.anneal_epochs=1",
+    )
+    runs = [experiment.run(make_cfg(*common, f"pruning.sparsity={s}")) for s in (0.9, 0.5)]
+    client = MlflowClient(tracking_uri=store_uri)
+    logged = [client.get_run(r["run_id"]).data for r in runs]
+    assert [d.tags["variational_cached"] for d in logged] == ["False", "True"]
+    assert len(client.get_metric_history(runs[0]["run_id"], "variational/val_acc")) == 2
+    assert logged[0].metrics["variational/noise_share"] == logged[1].metrics["variational/noise_share"]
+    for target, data in zip((0.9, 0.5), logged, strict=True):
+        metrics = data.metrics
+        assert metrics["params/weights_nonzero"] == round((1 - target) * metrics["params/weights_total"])
+        assert WELL_ABOVE_CHANCE < metrics["acc/finetuned"] <= 1.0
+    with pytest.raises(ConfigError, match=r"pruning\.variational=.*epochs must be an integer"):
+        experiment.run(make_cfg(*common, "pruning.variational.epochs=0"))

@@ -23,6 +23,7 @@ PRUNING_LAYERS = (
     "discover",
     "plan",
     "verify",
+    "variational",
     "importance",
     "thresholds",
     "sensitivity",

@@ -21,7 +21,7 @@ from prunesweep.data import DATASETS
 from prunesweep.distillation import Distillation
 from prunesweep.lit import LR_SCHEDULES
 from prunesweep.models import MODELS
-from prunesweep.pruning import PruningConfigError, PruningSpec, validate_spec
+from prunesweep.pruning import PruningConfigError, PruningSpec, VariationalRecipe, validate_spec
 from prunesweep.storage import SQLITE_PREFIX, ensure_writable
 from prunesweep.targets import DEFAULT_INPUT_SHAPE, TargetError, build_model, locate
 
@@ -39,6 +39,7 @@ _DATA_KEYS_NOT_IN_HASH = ("root", "sources", "eval_batch_size", "_target_")
 _HASHED_UNLESS_DEFAULT = {
     ("finetune", "rebuilt"): True,
     ("finetune", "distill"): dataclasses.asdict(Distillation()),
+    ("pruning", "variational"): dataclasses.asdict(VariationalRecipe()),
 }
 
 
@@ -102,6 +103,16 @@ def _check_recipes(cfg: DictConfig) -> None:
         Distillation.from_recipe(cfg.finetune)
     except (TypeError, ValueError, AttributeError) as err:
         raise ConfigError(f"finetune.distill={cfg.finetune.get('distill')!r}: {err}") from None
+    try:
+        variational_recipe(cfg)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"pruning.variational={cfg.pruning.get('variational')!r}: {err}") from None
+
+
+def variational_recipe(cfg: DictConfig) -> VariationalRecipe:
+    """``pruning.variational`` as the engine's recipe (absent: the defaults)."""
+    node = cfg.pruning.get("variational")
+    return VariationalRecipe.from_mapping(None if node is None else OmegaConf.to_container(node, resolve=True))
 
 
 def _check_schedule(cfg: DictConfig) -> None:
@@ -226,6 +237,14 @@ def dense_key(cfg: DictConfig) -> str:
     )
 
 
+def variational_key(cfg: DictConfig) -> str:
+    """Identity of the sparse-variational-dropout model trained from a dense one: the dense model, the layers
+    it wraps and the recipe."""
+    layers = cfg.pruning.get("layers")
+    recipe = dataclasses.asdict(variational_recipe(cfg))
+    return "variational-" + _digest({"dense": dense_key(cfg), "layers": sorted(layers or ()), **recipe})
+
+
 def sensitivity_key(cfg: DictConfig) -> str:
     """Identity of a model's sensitivity curves: the dense model (its key covers the validation split they
     are measured on), what scores and groups its units, and the measuring grid."""
@@ -242,6 +261,8 @@ def sensitivity_key(cfg: DictConfig) -> str:
     }
     if IMPORTANCES[str(p.get("importance"))].requires_calibration:
         scoring["calib_batches"] = p.get("calib_batches")
+    if p.get("importance") == "variational":  # the curves are of the model variational dropout trained
+        scoring["variational"] = variational_key(cfg)
     return "sensitivity-" + _digest({"dense": dense_key(cfg), "grid": list(DEFAULT_GRID), **scoring})
 
 

@@ -32,6 +32,8 @@ from prunesweep.config import (
     pruning_spec,
     sensitivity_key,
     validate,
+    variational_key,
+    variational_recipe,
 )
 from prunesweep.distillation import Distillation
 from prunesweep.lit import evaluate, fit
@@ -42,18 +44,24 @@ from prunesweep.pruning import (
     PruningSpec,
     SensitivityCurves,
     Threshold,
+    Variational,
     architecture,
+    attach,
     check_rebuild,
     compute_masks,
     count_macs,
     count_params,
     count_weights,
+    detach,
     export_state_dict,
+    fit_variational,
     largest_layer,
     latency_ms,
     make_threshold,
     masked_nonzero,
+    noise_share,
     rebuild,
+    resolve_layers,
     size_bytes,
     sparse_export,
 )
@@ -221,6 +229,7 @@ def _schedule_job(
     ``timer["finetune_s"]`` accumulates the wall seconds of every fine-tuning fit (``time/finetune_s``); every fit
     distils from ``teacher`` when ``finetune.distill`` asks for it.
     """
+    importance = _variational(cfg, spec, model, datamodule, point)  # before anything measures the model
     calib = _calibration_batches(spec, datamodule)
     if threshold.needs_calibration:
         _calibrate(cfg, spec, model, threshold, calib, list(datamodule.val_dataloader()), point)
@@ -230,7 +239,7 @@ def _schedule_job(
     return ScheduleJob(
         model=model,
         sparsity=spec.sparsity,
-        prune=masking_prune(model, spec, calib, threshold, example_inputs=example),
+        prune=masking_prune(model, spec, calib, threshold, example_inputs=example, importance=importance),
         evaluate=lambda other=None: evaluate(model if other is None else other, test_batches),
         finetune=_finetuner(cfg, model, datamodule, steps_per_epoch, point, timer, teacher),
         epochs=int(cfg.finetune.epochs),
@@ -371,6 +380,41 @@ def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun,
     cache.dense_or_train(cfg.paths.dense_cache, shared.key, model, train=shared, log=log.info)
     point.set_tags({"dense_cached" if full else f"rewind{epochs}_cached": not shared.trained})
     return model
+
+
+def _variational(
+    cfg: DictConfig, spec: PruningSpec, model: nn.Module, datamodule: pl.LightningDataModule, point: PointRun
+) -> Variational | None:
+    """``pruning.importance=variational``: sparse variational dropout trained from the dense ``model`` (or loaded:
+    cached beside it, shared by every target of a sweep). Its weights θ replace the model's, and its noise levels
+    score them. None for every other importance."""
+    if spec.importance != "variational":
+        return None
+    recipe = variational_recipe(cfg)
+    wrappers = attach(model, resolve_layers(spec, model))
+    val_batches = datamodule.val_dataloader()
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        metrics["val_acc"] = evaluate(model, val_batches)  # the paper's network: log α ≥ 3 weights zeroed
+        point.log_metrics({f"variational/{k}": v for k, v in metrics.items()}, step=epoch)
+        log.info(
+            "variational epoch %d/%d  loss %.4f  val/acc %.4f  log α ≥ 3: %.2f %% of weights",
+            epoch + 1,
+            recipe.epochs,
+            metrics["loss"],
+            metrics["val_acc"],
+            100 * metrics["sparsity"],
+        )
+
+    def train() -> None:
+        fit_variational(model, wrappers, datamodule.train_dataloader(), recipe, on_epoch=on_epoch)
+
+    trained = cache.dense_or_train(cfg.paths.dense_cache, variational_key(cfg), model, train=train, log=log.info)
+    point.set_tags({"variational_cached": not trained})
+    point.log_metrics({"variational/noise_share": noise_share(wrappers)})
+    log_sigma2 = {name: wrapper.log_sigma2.detach().clone() for name, wrapper in wrappers.items()}
+    detach(model, wrappers)
+    return Variational(log_sigma2)
 
 
 def _rewinder(

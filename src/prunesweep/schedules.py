@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from prunesweep.pruning import MaskPlan, PruningSpec, Threshold, apply_masks, compute_masks
+from prunesweep.pruning import Importance, MaskPlan, PruningSpec, Threshold, apply_masks, compute_masks
 from prunesweep.pruning.callback import PruningCallback
 from prunesweep.pruning.schedule import GradualSchedule, iterative_targets
 
@@ -122,17 +122,25 @@ def masking_prune(
     calib: Batches | None = None,
     threshold: Threshold | None = None,
     example_inputs: torch.Tensor | None = None,
+    importance: Importance | None = None,
 ) -> Callable[[float, MaskPlan | None], MaskPlan]:
     """The ``prune`` of a job: masks for ``spec`` at a cumulative target (keeping ``previous`` pruned), applied.
 
-    ``threshold`` is shared by every call, so one that measures the model (sensitivity) does so once.
+    ``threshold`` is shared by every call, so one that measures the model (sensitivity) does so once; so is
+    ``importance`` when given (one with a trained state, such as ``variational``'s).
     ``example_inputs`` (one batch of the data's image shape) is what couplings are traced on.
     """
 
     def prune(target: float, previous: MaskPlan | None) -> MaskPlan:
         at_target = dataclasses.replace(spec, sparsity=target)
         plan = compute_masks(
-            model, at_target, calib, previous=previous, threshold=threshold, example_inputs=example_inputs
+            model,
+            at_target,
+            calib,
+            previous=previous,
+            threshold=threshold,
+            example_inputs=example_inputs,
+            importance=importance,
         )
         apply_masks(model, plan)
         return plan

@@ -16,7 +16,8 @@ holds the order):
    ``entropy``, ``random``; ``activation`` and ``ablation`` for coarse units. :mod:`.thresholds` — ``THRESHOLDS``:
    ``global``, ``layerwise``, ``statistical``; :mod:`.sensitivity` adds ``sensitivity`` (per-layer rates from
    one-layer-at-a-time curves, equal loss increase per layer) and ``marginal`` (the same curves, equal loss
-   increase per unit removed).
+   increase per unit removed). ``variational`` scores with the noise levels that :mod:`.variational` (sparse
+   variational dropout, plain PyTorch, imports nothing from here) trains from the dense model.
 5. :mod:`.planner` — :func:`validate_spec` (reads the capabilities), :func:`make_threshold` and
    :func:`compute_masks` (score → pin previous → allocate and check → expand → report).
 6. :mod:`.reconstruct` — physically smaller models and sparse exports; :mod:`.measure` — params/MACs/latency;
@@ -33,7 +34,7 @@ with :func:`count_params`.
 
 from prunesweep.pruning._util import classifier_name, clone_model
 from prunesweep.pruning.discover import annotate, largest_layer
-from prunesweep.pruning.importance import IMPORTANCES, Importance
+from prunesweep.pruning.importance import IMPORTANCES, Importance, Variational
 from prunesweep.pruning.measure import (
     count_macs,
     count_params,
@@ -73,6 +74,14 @@ from prunesweep.pruning.spec import PruningConfigError, PruningSpec
 from prunesweep.pruning.structures import Block, Head, Layer
 from prunesweep.pruning.thresholds import DISTRIBUTIONS, NORMALIZERS, THRESHOLDS, Threshold
 from prunesweep.pruning.units import GRANULARITIES, Channel, Granularity, Unstructured
+from prunesweep.pruning.variational import (
+    VariationalLayer,
+    VariationalRecipe,
+    attach,
+    detach,
+    fit_variational,
+    noise_share,
+)
 from prunesweep.pruning.verify import REBUILD_TOLERANCE, RebuildMismatch, check_rebuild
 
 __all__ = [
@@ -99,9 +108,13 @@ __all__ = [
     "SensitivityCurves",
     "Threshold",
     "Unstructured",
+    "Variational",
+    "VariationalLayer",
+    "VariationalRecipe",
     "annotate",
     "apply_masks",
     "architecture",
+    "attach",
     "available_granularities",
     "check_rebuild",
     "classifier_name",
@@ -110,7 +123,9 @@ __all__ = [
     "count_macs",
     "count_params",
     "count_weights",
+    "detach",
     "export_state_dict",
+    "fit_variational",
     "largest_layer",
     "latency_ms",
     "layer_sparsity",
@@ -119,6 +134,7 @@ __all__ = [
     "make_threshold",
     "masked_nonzero",
     "measure_sensitivity",
+    "noise_share",
     "rebuild",
     "rebuild_channels",
     "rebuild_heads",

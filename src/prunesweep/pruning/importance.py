@@ -16,7 +16,7 @@ Scores are plain detached tensors keyed by layer name, shaped like the layer's w
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import ClassVar
 
 import torch
@@ -34,6 +34,7 @@ from prunesweep.pruning._util import (
 from prunesweep.pruning.plan import MaskPlan, apply_masks
 from prunesweep.pruning.spec import PruningConfigError, PruningSpec
 from prunesweep.pruning.units import Granularity
+from prunesweep.pruning.variational import log_alpha
 
 Calibration = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -376,3 +377,42 @@ class Random(Importance):
             # Drawn on CPU so the same seed gives the same ranking on every device.
             scores[layer] = torch.rand(shape, generator=generator).to(weight.device)
         return scores
+
+
+@register_importance("variational")
+class Variational(Importance):
+    """``−log α`` of sparse variational dropout (Molchanov et al. 2017): a weight whose learned noise outweighs it
+    goes first. ``log_sigma2`` (per layer, weight-shaped) comes from :func:`.variational.fit_variational` on the
+    same model; prunesweep trains it from the dense model when ``pruning.importance=variational``
+    (``pruning.variational``: epochs, lr, anneal_epochs).
+
+    >>> from torch import nn
+    >>> from prunesweep.pruning.units import Unstructured
+    >>> model = nn.Sequential(nn.Linear(2, 1))
+    >>> with torch.no_grad():
+    ...     _ = model[0].weight.copy_(torch.tensor([[1.0, 1.0]]))
+    >>> scores = Variational({"0": torch.tensor([[0.0, -4.0]])}).score(model, ["0"], Unstructured())
+    >>> int(scores["0"].argmax())  # same magnitude, less noise: the second weight is kept first
+    1
+    """
+
+    why_restricted = "variational dropout learns one noise level per weight"
+
+    def __init__(self, log_sigma2: Mapping[str, torch.Tensor] | None = None) -> None:
+        self.log_sigma2 = dict(log_sigma2 or {})
+
+    @classmethod
+    def accepts(cls, granularity: type[Granularity]) -> bool:
+        return not granularity.structured
+
+    def score(self, model, layer_names, granularity, calib=None):
+        missing = [layer for layer in layer_names if layer not in self.log_sigma2]
+        if missing:
+            raise PruningConfigError(
+                f"pruning.importance=variational has no trained noise for {missing}: train it with "
+                "prunesweep.pruning.variational.fit_variational (prunesweep does, from pruning.variational)"
+            )
+        return {
+            layer: -log_alpha(effective_param(model.get_submodule(layer), "weight").detach(), self.log_sigma2[layer])
+            for layer in layer_names
+        }

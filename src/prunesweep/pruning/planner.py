@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from prunesweep.pruning._util import DEFAULT_INPUT_SHAPE, classifier_name, model_device
-from prunesweep.pruning.importance import IMPORTANCES
+from prunesweep.pruning.importance import IMPORTANCES, Importance
 from prunesweep.pruning.plan import LayerReport, MaskPlan, has_module, merge_masks
 from prunesweep.pruning.sensitivity import Sensitivity  # noqa: F401  (imported to register it)
 from prunesweep.pruning.spec import PruningConfigError, PruningSpec
@@ -240,6 +240,7 @@ def compute_masks(
     example_inputs: torch.Tensor | None = None,
     threshold: Threshold | None = None,
     threshold_batches: Batches | None = None,
+    importance: Importance | None = None,
 ) -> MaskPlan:
     """Decide what to prune; touches nothing on ``model`` (see :func:`.plan.apply_masks`).
 
@@ -251,9 +252,12 @@ def compute_masks(
     calls; one that ``needs_calibration`` (``sensitivity``) is calibrated on ``threshold_batches`` the first
     time, with the scores of the model as it is then. Pass held-out data there: without it the ``calib``
     (training) batches are used.
+
+    ``importance`` (default: a fresh one built from ``spec``) is for scores that need a trained state of their
+    own, such as ``variational``'s noise levels.
     """
     step = _prepare(model, spec, example_inputs)
-    scores = _score(step, calib)
+    scores = _score(step, calib, importance)
     raw_stats = {layer: _stats(scores[layer]) for layer in step.scored}
     if previous is not None:
         _pin_previous(step, scores, previous)
@@ -286,9 +290,9 @@ def _prepare(model: nn.Module, spec: PruningSpec, example_inputs: torch.Tensor |
     return _Step(model, spec, layers, granularity, scored, modules, notes=[])
 
 
-def _score(step: _Step, calib: Batches | None) -> dict[str, torch.Tensor]:
+def _score(step: _Step, calib: Batches | None, importance: Importance | None) -> dict[str, torch.Tensor]:
     """Importance scores of the layers with units, as detached CPU float tensors."""
-    importance = IMPORTANCES[step.spec.importance].from_spec(step.spec)
+    importance = importance if importance is not None else IMPORTANCES[step.spec.importance].from_spec(step.spec)
     scores = importance.score(step.model, step.scored, step.granularity, calib)
     # Thresholds run on CPU copies: cheap for these models, and masks end up device-independent.
     return {k: v.detach().float().cpu() for k, v in scores.items()}

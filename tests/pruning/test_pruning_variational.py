@@ -1,0 +1,136 @@
+"""Sparse variational dropout: its math on small tensors, its layer in both modes, its training on a problem whose
+useless weights are known, and its scores as an importance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from prunesweep.models import LeNet5
+from prunesweep.pruning import (
+    PruningConfigError,
+    PruningSpec,
+    Unstructured,
+    Variational,
+    VariationalLayer,
+    VariationalRecipe,
+    attach,
+    compute_masks,
+    detach,
+    fit_variational,
+    noise_share,
+    validate_spec,
+)
+from prunesweep.pruning.variational import KL_K1, KL_K2, KL_K3, kl_divergence, kl_weight, log_alpha
+
+
+def test_log_alpha_is_the_noise_to_signal_ratio_clipped():
+    weight, log_sigma2 = torch.tensor([2.0, 0.5, 1e-6, 1e3]), torch.tensor([0.0, -1.0, 0.0, 0.0])
+    expected = [math.log(1 / 4), -1 - math.log(0.25), 8.0, -8.0]  # the last two at the clip
+    assert log_alpha(weight, log_sigma2).tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_kl_is_the_papers_approximation_and_vanishes_for_pure_noise():
+    values = torch.tensor([-4.0, 0.0, 3.0])
+    by_hand = sum(
+        -(KL_K1 * (1 / (1 + math.exp(-(KL_K2 + KL_K3 * a)))) - 0.5 * math.log1p(math.exp(-a)) - KL_K1)
+        for a in values.tolist()
+    )
+    assert float(kl_divergence(values)) == pytest.approx(by_hand, rel=1e-6)
+    grid = torch.linspace(-8, 8, 33)
+    per_weight = torch.stack([kl_divergence(a.reshape(1)) for a in grid])
+    assert bool((per_weight[1:] < per_weight[:-1]).all())  # more noise always costs less: the prior's pull
+    assert 0 <= float(kl_divergence(torch.tensor([8.0]))) < 1e-3
+
+
+def test_kl_weight_rises_linearly_then_holds():
+    assert [kl_weight(step, 10) for step in (0, 5, 10, 50)] == [0.0, 0.5, 1.0, 1.0]
+    assert kl_weight(0, 0) == 1.0
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(6, 4), nn.Conv2d(3, 4, 3, padding=1, stride=2)], ids=["linear", "conv"])
+def test_layer_samples_the_local_reparameterisation_and_zeroes_noise_in_eval(layer):
+    torch.manual_seed(0)
+    x = torch.randn(4, 6) if isinstance(layer, nn.Linear) else torch.randn(4, 3, 6, 6)
+    wrapped = VariationalLayer(layer)
+    with torch.no_grad():
+        fresh_std = wrapped._apply_op(x * x, torch.exp(wrapped.log_sigma2), None).sqrt()
+        assert bool(((wrapped(x) - layer(x)).abs() <= 5 * fresh_std).all())  # fresh: the dense layer, little noise
+        wrapped.log_sigma2.fill_(-2.0)
+        draws = torch.stack([wrapped(x) for _ in range(4000)])
+        variance = wrapped._apply_op(x * x, torch.exp(wrapped.log_sigma2), None)
+        standard_error = (variance / len(draws)).sqrt()
+        assert bool(((draws.mean(0) - layer(x)).abs() <= 5 * standard_error).all())  # unbiased around θ's output
+        assert torch.allclose(draws.var(0), variance, rtol=0.15)  # sd of a 4000-draw variance: 2.2 %
+        noisy = log_alpha(layer.weight, wrapped.log_sigma2) >= 3
+        wrapped.eval()
+        kept = (layer.weight * ~noisy, layer.bias)
+        expected = F.linear(x, *kept) if isinstance(layer, nn.Linear) else layer._conv_forward(x, *kept)
+        assert torch.equal(wrapped(x), expected)
+
+
+def test_attach_and_detach_keep_the_models_own_parameters():
+    model = LeNet5()
+    before = {name: p for name, p in model.named_parameters()}
+    wrappers = attach(model, ["conv2", "fc1"])
+    assert isinstance(model.fc1, VariationalLayer) and model.fc1.layer.weight is before["fc1.weight"]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    detach(model, wrappers)
+    assert dict(model.named_parameters()) == before
+    with pytest.raises(TypeError, match="Conv2d or Linear"):
+        VariationalLayer(nn.ReLU())
+
+
+def test_training_finds_the_weights_that_carry_nothing():
+    """Two informative inputs and six of pure noise: every noise input's weight ends far noisier (log α) than every
+    informative one, most of them past the paper's log α ≥ 3, and the paper's sparse network still classifies."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 8)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    batches = [(x[i : i + 128], y[i : i + 128]) for i in range(0, 512, 128)]
+    model = nn.Sequential(nn.Linear(8, 2))
+    wrappers = attach(model, ["0"])
+    seen = []
+    recipe = VariationalRecipe(epochs=40, lr=0.05, anneal_epochs=5)
+    fit_variational(model, wrappers, batches, recipe, on_epoch=lambda epoch, metrics: seen.append(metrics))
+    alphas = wrappers["0"].log_alpha().detach()
+    assert len(seen) == 40 and seen[-1]["sparsity"] == noise_share(wrappers)
+    assert float(alphas[:, 2:].min()) > float(alphas[:, :2].max()) + 8, alphas
+    assert noise_share(wrappers) >= 0.5 * 12 / 16, alphas  # at least half of the 12 noise weights
+    model.eval()
+    with torch.no_grad():
+        assert float((model(x).argmax(1) == y).float().mean()) > 0.95
+
+
+def test_recipe_refuses_bad_settings_by_name():
+    for bad, message in (({"epochs": 0}, "epochs"), ({"lr": 0.0}, "lr"), ({"anneal_epochs": -1}, "anneal_epochs")):
+        with pytest.raises(ValueError, match=message):
+            VariationalRecipe.from_mapping(bad)
+    with pytest.raises(ValueError, match=r"unknown keys \['epoch'\]"):
+        VariationalRecipe.from_mapping({"epoch": 3})
+
+
+def test_importance_prunes_the_noisiest_weights_to_the_exact_target():
+    torch.manual_seed(0)
+    model = LeNet5()
+    layers = ["conv1", "conv2", "fc1", "fc2"]
+    noise = {name: torch.randn_like(model.get_submodule(name).weight) for name in layers}
+    spec = PruningSpec(sparsity=0.9, importance="variational", threshold="global")
+    plan = compute_masks(model, spec, importance=Variational(noise))
+    kept = sum(int(plan.masks[name]["weight"].sum()) for name in layers)
+    total = sum(noise[name].numel() for name in layers)
+    assert kept == round(0.1 * total)
+    scores = torch.cat([-log_alpha(model.get_submodule(n).weight, noise[n]).flatten() for n in layers])
+    cut = scores.sort(descending=True).values[kept - 1]
+    for name in layers:
+        mask = plan.masks[name]["weight"].bool()
+        assert bool((-log_alpha(model.get_submodule(name).weight, noise[name])[mask] >= cut).all())
+    with pytest.raises(PruningConfigError, match="has no trained noise"):
+        compute_masks(model, spec)  # built from the spec alone: nothing trained
+    with pytest.raises(PruningConfigError, match="one noise level per weight"):
+        validate_spec(PruningSpec(sparsity=0.5, importance="variational", granularity="channel"), model)
+    assert Variational.accepts(Unstructured)
