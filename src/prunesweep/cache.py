@@ -28,10 +28,11 @@ def dense_or_train(
     model: nn.Module,
     train: Callable[[], None],
     log: Callable[[str], None] = print,
+    what: str = "dense model",
 ) -> bool:
     """Load the cached dense weights for ``key`` into ``model``, or call ``train()`` and cache the result.
 
-    Returns True when it trained, False when it loaded.
+    Returns True when it trained, False when it loaded. ``what`` names the model in the log lines.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -40,17 +41,17 @@ def dense_or_train(
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        log(f"dense model {key}: another job is training it; waiting to load its result")
+        log(f"{what} {key}: another job is training it; waiting to load its result")
         lock.acquire()
     try:
         if path.exists():
             state = load_verified(path)
             if state is not None:
                 model.load_state_dict(state)
-                log(f"dense model {key}: loaded from {path}")
+                log(f"{what} {key}: loaded from {path}")
                 return False
-            log(f"dense model {key}: cached file {path} failed its checksum; retraining and replacing it")
-        log(f"dense model {key}: training (cache miss)")
+            log(f"{what} {key}: cached file {path} failed its checksum; retraining and replacing it")
+        log(f"{what} {key}: training (cache miss)")
         train()
         save_verified(model.state_dict(), path)
         return True

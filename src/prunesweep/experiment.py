@@ -409,7 +409,8 @@ def _variational(
     def train() -> None:
         fit_variational(model, wrappers, datamodule.train_dataloader(), recipe, on_epoch=on_epoch)
 
-    trained = cache.dense_or_train(cfg.paths.dense_cache, variational_key(cfg), model, train=train, log=log.info)
+    key = variational_key(cfg)
+    trained = cache.dense_or_train(cfg.paths.dense_cache, key, model, train=train, log=log.info, what="sparse VD model")
     point.set_tags({"variational_cached": not trained})
     point.log_metrics({"variational/noise_share": noise_share(wrappers)})
     log_sigma2 = {name: wrapper.log_sigma2.detach().clone() for name, wrapper in wrappers.items()}
