@@ -379,6 +379,8 @@ def test_variational_dropout_trains_once_and_every_target_is_met(make_cfg, tiny_
     assert [d.tags["variational_cached"] for d in logged] == ["False", "True"]
     assert len(client.get_metric_history(runs[0]["run_id"], "variational/val_acc")) == 2
     assert logged[0].metrics["variational/noise_share"] == logged[1].metrics["variational/noise_share"]
+    cache_dir = Path(shared_dense.split("=", 1)[1])
+    assert list(cache_dir.glob("variational-*.pt")) and not list(cache_dir.glob("*.partial.pt*"))  # checkpoint gone
     for target, data in zip((0.9, 0.5), logged, strict=True):
         metrics = data.metrics
         assert metrics["params/weights_nonzero"] == round((1 - target) * metrics["params/weights_total"])

@@ -101,6 +101,12 @@ def load_verified(path: Path) -> dict[str, torch.Tensor] | None:
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
+def discard(path: Path) -> None:
+    """Remove ``path`` and its sidecar, if there (a checkpoint that served its purpose)."""
+    path.unlink(missing_ok=True)
+    _sidecar(path).unlink(missing_ok=True)
+
+
 def _write_verified(path: Path, payload: bytes) -> None:
     _atomic_write(path, payload)
     _atomic_write(_sidecar(path), hashlib.sha256(payload).hexdigest().encode())

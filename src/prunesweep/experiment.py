@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -45,6 +46,8 @@ from prunesweep.pruning import (
     SensitivityCurves,
     Threshold,
     Variational,
+    VariationalFit,
+    VariationalLayer,
     architecture,
     attach,
     check_rebuild,
@@ -54,7 +57,6 @@ from prunesweep.pruning import (
     count_weights,
     detach,
     export_state_dict,
-    fit_variational,
     largest_layer,
     latency_ms,
     make_threshold,
@@ -390,32 +392,57 @@ def _variational(
     score them. None for every other importance."""
     if spec.importance != "variational":
         return None
-    recipe = variational_recipe(cfg)
     wrappers = attach(model, resolve_layers(spec, model))
-    val_batches = datamodule.val_dataloader()
-
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        metrics["val_acc"] = evaluate(model, val_batches)  # the paper's network: log α ≥ 3 weights zeroed
-        point.log_metrics({f"variational/{k}": v for k, v in metrics.items()}, step=epoch)
-        log.info(
-            "variational epoch %d/%d  loss %.4f  val/acc %.4f  log α ≥ 3: %.2f %% of weights",
-            epoch + 1,
-            recipe.epochs,
-            metrics["loss"],
-            metrics["val_acc"],
-            100 * metrics["sparsity"],
-        )
-
-    def train() -> None:
-        fit_variational(model, wrappers, datamodule.train_dataloader(), recipe, on_epoch=on_epoch)
-
     key = variational_key(cfg)
+    train = _variational_trainer(cfg, key, model, wrappers, datamodule, point)
     trained = cache.dense_or_train(cfg.paths.dense_cache, key, model, train=train, log=log.info, what="sparse VD model")
     point.set_tags({"variational_cached": not trained})
     point.log_metrics({"variational/noise_share": noise_share(wrappers)})
     log_sigma2 = {name: wrapper.log_sigma2.detach().clone() for name, wrapper in wrappers.items()}
     detach(model, wrappers)
     return Variational(log_sigma2)
+
+
+def _variational_trainer(
+    cfg: DictConfig,
+    key: str,
+    model: nn.Module,
+    wrappers: Mapping[str, VariationalLayer],
+    datamodule: pl.LightningDataModule,
+    point: PointRun,
+) -> Callable[[], None]:
+    """The sparse VD training as a function of no arguments: per-epoch metrics logged, and a checkpoint after
+    every epoch beside the dense model, so a stopped run resumes where it was (bit for bit) instead of starting
+    over; the checkpoint goes once the trained model is cached."""
+    recipe = variational_recipe(cfg)
+    partial = Path(cfg.paths.dense_cache) / f"{key}.partial.pt"
+    val_batches = datamodule.val_dataloader()
+
+    def train() -> None:
+        batches = datamodule.train_dataloader()
+        fit = VariationalFit(model, wrappers, recipe, train_size=sum(len(y) for _, y in batches))
+        state = cache.load_verified(partial)
+        if state is not None:
+            fit.load_state_dict(state)
+            log.info("sparse VD model %s: resuming after epoch %d of %d", key, fit.epoch, recipe.epochs)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            metrics["val_acc"] = evaluate(model, val_batches)  # the paper's network: log α ≥ 3 weights zeroed
+            point.log_metrics({f"variational/{k}": v for k, v in metrics.items()}, step=epoch)
+            log.info(
+                "variational epoch %d/%d  loss %.4f  val/acc %.4f  log α ≥ 3: %.2f %% of weights",
+                epoch + 1,
+                recipe.epochs,
+                metrics["loss"],
+                metrics["val_acc"],
+                100 * metrics["sparsity"],
+            )
+            cache.save_verified(fit.state_dict(), partial)
+
+        fit.run(batches, on_epoch)
+        cache.discard(partial)
+
+    return train
 
 
 def _rewinder(

@@ -3,6 +3,7 @@ useless weights are known, and its scores as an importance."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,12 +11,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from prunesweep.data.loaders import InMemoryLoader
 from prunesweep.models import LeNet5
 from prunesweep.pruning import (
     PruningConfigError,
     PruningSpec,
     Unstructured,
     Variational,
+    VariationalFit,
     VariationalLayer,
     VariationalRecipe,
     attach,
@@ -104,6 +107,38 @@ def test_training_finds_the_weights_that_carry_nothing():
     model.eval()
     with torch.no_grad():
         assert float((model(x).argmax(1) == y).float().mean()) > 0.95
+
+
+def test_a_fit_stopped_and_resumed_ends_where_an_uninterrupted_one_does():
+    """Weights, noise, optimizer, epoch and random state in the checkpoint; the loader replays each epoch's order."""
+    x, y = torch.randn(256, 8, generator=torch.Generator().manual_seed(1)), torch.randint(0, 2, (256,))
+    recipe = VariationalRecipe(epochs=4, lr=0.01, anneal_epochs=1)
+
+    def fresh() -> tuple[nn.Module, VariationalFit]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 2))
+        return model, VariationalFit(model, attach(model, ["0"]), recipe, train_size=256)
+
+    model, straight = fresh()
+    straight.run(InMemoryLoader(x, y, 64, shuffle=True, seed=3))
+    _, first = fresh()
+    stopped = []
+
+    def stop_after_two(epoch: int, metrics: dict[str, float]) -> None:
+        stopped.append(epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt  # Ctrl-C, a pre-empted node: after the checkpoint of epoch 2 was taken
+
+    with pytest.raises(KeyboardInterrupt):
+        first.run(InMemoryLoader(x, y, 64, shuffle=True, seed=3), stop_after_two)
+    checkpoint = copy.deepcopy(first.state_dict())
+    torch.manual_seed(123)  # whatever ran in between
+    model_c, resumed = fresh()
+    resumed.load_state_dict(checkpoint)
+    resumed.run(InMemoryLoader(x, y, 64, shuffle=True, seed=3))
+    assert stopped == [0, 1] and resumed.epoch == straight.epoch == 4 and resumed.step == straight.step
+    for a, b in zip(model.state_dict().values(), model_c.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_recipe_refuses_bad_settings_by_name():

@@ -75,6 +75,7 @@ from prunesweep.pruning.structures import Block, Head, Layer
 from prunesweep.pruning.thresholds import DISTRIBUTIONS, NORMALIZERS, THRESHOLDS, Threshold
 from prunesweep.pruning.units import GRANULARITIES, Channel, Granularity, Unstructured
 from prunesweep.pruning.variational import (
+    VariationalFit,
     VariationalLayer,
     VariationalRecipe,
     attach,
@@ -109,6 +110,7 @@ __all__ = [
     "Threshold",
     "Unstructured",
     "Variational",
+    "VariationalFit",
     "VariationalLayer",
     "VariationalRecipe",
     "annotate",

@@ -2,9 +2,10 @@
 and a weight whose noise swamps it (a large ``log α = log σ² − log θ²``) carries no information and can go.
 
 Plain PyTorch: :class:`VariationalLayer` wraps a ``Conv2d`` or ``Linear`` in place (its weight stays the same
-``Parameter``), :func:`fit_variational` trains θ and log σ² from the dense model with the local reparameterisation
-trick and an annealed KL term, and gives back log σ² per layer. Scores for a threshold are ``−log α``
-(:class:`prunesweep.pruning.importance.Variational`), so any target is met exactly, not only the ``log α ≥ 3`` cut.
+``Parameter``), :class:`VariationalFit` trains θ and log σ² from the dense model with the local
+reparameterisation trick and an annealed KL term (resumable between epochs; :func:`fit_variational` runs it in one
+go). Scores for a threshold are ``−log α`` (:class:`prunesweep.pruning.importance.Variational`), so any target is
+met exactly, not only the ``log α ≥ 3`` cut.
 
 >>> import torch
 >>> from torch import nn
@@ -154,6 +155,75 @@ def kl_weight(step: int, anneal_steps: int) -> float:
     return 1.0 if anneal_steps <= 0 else min(1.0, step / anneal_steps)
 
 
+class VariationalFit:
+    """Trains θ and log σ² of an :func:`attach`-ed model with Adam on ``CE + kl_weight · KL / N`` (the negative
+    variational lower bound per example, N the training examples), and can stop and resume between epochs:
+    :meth:`state_dict` holds the weights, the optimizer, the epoch reached and the random state, and a fit
+    resumed from it ends bit for bit where an uninterrupted one does (a loader that counts its passes, such as
+    :class:`prunesweep.data.loaders.InMemoryLoader`, is set back to the pass it had reached).
+    """
+
+    def __init__(
+        self, model: nn.Module, wrappers: Mapping[str, VariationalLayer], recipe: VariationalRecipe, train_size: int
+    ) -> None:
+        self.model, self.wrappers, self.recipe, self.train_size = model, wrappers, recipe, train_size
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+        self.epoch = self.step = 0
+        self.loader_pass: int | None = None  # the batches' pass counter after the last epoch, where it has one
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": torch.get_rng_state(),
+            "loader_pass": -1 if self.loader_pass is None else self.loader_pass,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        torch.set_rng_state(state["rng"])
+        self.loader_pass = None if int(state["loader_pass"]) < 0 else int(state["loader_pass"])
+
+    def run(self, batches: Batches, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        """The epochs left; ``on_epoch(epoch, metrics)`` after each (mean loss and KL per example, ``sparsity``:
+        the share of wrapped weights at ``log α ≥ 3``), when :meth:`state_dict` is that epoch's end."""
+        self.model.train()
+        if self.loader_pass is not None and hasattr(batches, "set_epoch"):
+            batches.set_epoch(self.loader_pass)  # resumed: the next epoch sees the order it would have seen
+        while self.epoch < self.recipe.epochs:
+            metrics = self._epoch(batches)
+            self.epoch += 1
+            self.loader_pass = getattr(batches, "epoch", None)
+            if on_epoch is not None:
+                on_epoch(self.epoch - 1, {**metrics, "sparsity": noise_share(self.wrappers)})
+
+    def _epoch(self, batches: Batches) -> dict[str, float]:
+        device = next(self.model.parameters()).device
+        totals, steps = {"loss": 0.0, "kl": 0.0}, 0
+        for x, y in batches:
+            kl = sum(kl_divergence(w.log_alpha()) for w in self.wrappers.values()) / self.train_size
+            logits = self.model(x.to(device))
+            loss = F.cross_entropy(logits, y.to(device)) + self._kl_weight(batches) * kl
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"variational loss became {loss.item()} at step {self.step}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            totals["loss"] += loss.item()
+            totals["kl"] += kl.item()
+            steps += 1
+            self.step += 1
+        return {k: v / max(steps, 1) for k, v in totals.items()}
+
+    def _kl_weight(self, batches: Batches) -> float:
+        steps_per_epoch = len(batches)  # type: ignore[arg-type]  # batches: a list or a loader, re-iterable and sized
+        return kl_weight(self.step, round(self.recipe.anneal_epochs * steps_per_epoch))
+
+
 def fit_variational(
     model: nn.Module,
     wrappers: Mapping[str, VariationalLayer],
@@ -161,31 +231,9 @@ def fit_variational(
     recipe: VariationalRecipe,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> None:
-    """Train θ and log σ² of an :func:`attach`-ed model with Adam on ``CE + kl_weight · KL / N`` (the negative
-    variational lower bound per example, N the examples in ``batches``); ``on_epoch(epoch, metrics)`` after each
-    epoch (mean loss and KL per example, ``sparsity``: the share of wrapped weights at ``log α ≥ 3``)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    sizes = [len(y) for _, y in batches]
-    steps_per_epoch, train_size = len(sizes), sum(sizes)
-    anneal_steps = round(recipe.anneal_epochs * steps_per_epoch)
-    device = next(model.parameters()).device
-    step = 0
-    model.train()
-    for epoch in range(recipe.epochs):
-        totals = {"loss": 0.0, "kl": 0.0}
-        for x, y in batches:
-            kl = sum(kl_divergence(w.log_alpha()) for w in wrappers.values()) / train_size
-            loss = F.cross_entropy(model(x.to(device)), y.to(device)) + kl_weight(step, anneal_steps) * kl
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"variational loss became {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            totals["loss"] += loss.item() / steps_per_epoch
-            totals["kl"] += kl.item() / steps_per_epoch
-            step += 1
-        if on_epoch is not None:
-            on_epoch(epoch, {**totals, "sparsity": noise_share(wrappers)})
+    """:class:`VariationalFit` in one go, N counted from ``batches`` (one extra pass)."""
+    train_size = sum(len(y) for _, y in batches)
+    VariationalFit(model, wrappers, recipe, train_size).run(batches, on_epoch)
 
 
 @torch.no_grad()
