@@ -261,7 +261,7 @@ def sensitivity_key(cfg: DictConfig) -> str:
     }
     if IMPORTANCES[str(p.get("importance"))].requires_calibration:
         scoring["calib_batches"] = p.get("calib_batches")
-    if p.get("importance") == "variational":  # the curves are of the model variational dropout trained
+    if IMPORTANCES[str(p.get("importance"))].trained_from_dense:  # the curves are of the model trained for them
         scoring["variational"] = variational_key(cfg)
     return "sensitivity-" + _digest({"dense": dense_key(cfg), "grid": list(DEFAULT_GRID), **scoring})
 

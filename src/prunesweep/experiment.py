@@ -390,7 +390,7 @@ def _variational(
     """``pruning.importance=variational``: sparse variational dropout trained from the dense ``model`` (or loaded:
     cached beside it, shared by every target of a sweep). Its weights θ replace the model's, and its noise levels
     score them. None for every other importance."""
-    if spec.importance != "variational":
+    if not IMPORTANCES[spec.importance].trained_from_dense:
         return None
     wrappers = attach(model, resolve_layers(spec, model))
     key = variational_key(cfg)

@@ -111,3 +111,5 @@ def test_registry_declares_calibration_needs() -> None:
         assert accepted[coarse_only] == {"layer", "block", "head"}
     for general in ("l1", "l2", "taylor", "random"):
         assert accepted[general] == set(GRANULARITIES)
+    assert accepted["variational"] == {"unstructured"}
+    assert {name for name, cls in IMPORTANCES.items() if cls.trained_from_dense} == {"variational"}

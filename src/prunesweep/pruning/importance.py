@@ -50,6 +50,9 @@ class Importance:
     name: ClassVar[str] = ""
     #: True when scores need data (``calib`` batches of ``(x, y)``).
     requires_calibration: ClassVar[bool] = False
+    #: True when scores come from a model trained for them first (sparse variational dropout's noise levels):
+    #: the instance holds that state, and ``from_spec`` alone cannot score.
+    trained_from_dense: ClassVar[bool] = False
     #: Why :meth:`accepts` refuses some granularities (quoted in the config error).
     why_restricted: ClassVar[str] = ""
 
@@ -397,6 +400,7 @@ class Variational(Importance):
     """
 
     why_restricted = "variational dropout learns one noise level per weight"
+    trained_from_dense = True
 
     def __init__(self, log_sigma2: Mapping[str, torch.Tensor] | None = None) -> None:
         self.log_sigma2 = dict(log_sigma2 or {})
