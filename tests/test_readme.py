@@ -44,14 +44,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prunesweep +sweep=seeds": (COMPOSE, "108 points"),
     "prunesweep +sweep=structures": (COMPOSE, "54 points of ResNet and ViT"),
     "prunesweep +sweep=frontier_reduced": (COMPOSE, "15 long recipes"),
-    "prunesweep +sweep=frontier": (COMPOSE, "51 long recipes, hours"),
+    "prunesweep +sweep=frontier": (COMPOSE, "57 long recipes, hours"),
     "prunesweep +sweep=frontier2": (COMPOSE, "18 long recipes"),
     "prunesweep +sweep=frontier2 hydra/launcher=joblib hydra.launcher.n_jobs=2": (COMPOSE, "18 long recipes"),
     "prunesweep +sweep=frontier +frontier=lenet300_unstructured_global_70xw_distill finetune.epochs=64 "
     "hydra/launcher=joblib hydra.launcher.n_jobs=2": (COMPOSE, "3 long runs"),
     "prunesweep +sweep=frontier_reduced hydra/launcher=joblib hydra.launcher.n_jobs=2": (COMPOSE, "15 long recipes"),
     "prunesweep +sweep=frontier +frontier=unstructured_global_100x finetune.epochs=32": (COMPOSE, "3 long runs"),
-    "prunesweep +sweep=frontier hydra/launcher=joblib hydra.launcher.n_jobs=2": (COMPOSE, "51 long recipes"),
+    "prunesweep +sweep=frontier hydra/launcher=joblib hydra.launcher.n_jobs=2": (COMPOSE, "57 long recipes"),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational hydra/launcher=joblib "
+    "hydra.launcher.n_jobs=2": (COMPOSE, "3 long runs"),
+    "prunesweep +sweep=frontier +frontier=lenet300_unstructured_global_70xw_variational threads=1": (
+        COMPOSE,
+        "3 long runs",
+    ),
     "prunesweep +sweep=default hydra/launcher=joblib hydra.launcher.n_jobs=2": (
         COMPOSE,
         "36 points; joblib grids run in tests/test_sweep.py",
