@@ -102,9 +102,9 @@ def test_datamodule_real_mnist(mnist_root: Path) -> None:
     dm.setup("test")
     assert dm.x_train is x_before
 
-    # Batch counts: ceil(55000/256) = 215, 5000/1000 = 5, 10000/1000 = 10.
+    # Batch counts: ceil(55000/256) = 215; evaluation in batches of 256 too: ceil(5000/256) = 20, ceil(10000/256) = 40.
     train = dm.train_dataloader()
-    assert len(train) == 215 and len(dm.val_dataloader()) == 5 and len(dm.test_dataloader()) == 10
+    assert len(train) == 215 and len(dm.val_dataloader()) == 20 and len(dm.test_dataloader()) == 40
     batches = list(train)
     assert len(batches) == 215 and batches[0][0].shape == (256, 1, 28, 28)
     assert len(batches[-1][1]) == 55_000 % 256
