@@ -151,8 +151,11 @@ def test_plain_grid_with_joblib_gets_a_parent_and_a_report(tmp_path, store_uri):
     client = MlflowClient(tracking_uri=store_uri)
     parent = _parent(client)
     children = _children(client, parent)
+    every_run = [(r.info.run_name, r.data.tags.get("mlflow.parentRunId")) for r in client.search_runs(
+        [client.get_run(parent).info.experiment_id])]  # fmt: skip
+    why = f"runs (name, parent) {every_run}; launcher output:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
     assert sorted(r.info.run_name for r in children) == ["unstructured-global-s0.50-seed0",
-                                                         "unstructured-global-s0.90-seed0"]  # fmt: skip
+                                                         "unstructured-global-s0.90-seed0"], why  # fmt: skip
     assert all(r.info.status == "FINISHED" for r in children)
     assert client.get_run(parent).info.status == "FINISHED"
     steps = {m.step for m in client.get_metric_history(parent, "curve/unstructured/global/acc_finetuned")}
