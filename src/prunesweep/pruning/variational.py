@@ -131,8 +131,7 @@ def attach(model: nn.Module, layers: Sequence[str]) -> dict[str, VariationalLaye
     """Wrap each named layer of ``model`` in place; the wrappers by name (θ stays the layer's own Parameter)."""
     wrappers = {}
     for name in layers:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
+        parent, child = _parent_of(model, name)
         wrapper = VariationalLayer(parent.get_submodule(child)).to(next(model.parameters()).device)
         setattr(parent, child, wrapper)
         wrappers[name] = wrapper
@@ -142,8 +141,14 @@ def attach(model: nn.Module, layers: Sequence[str]) -> dict[str, VariationalLaye
 def detach(model: nn.Module, wrappers: Mapping[str, VariationalLayer]) -> None:
     """Put the original layers back (holding the trained θ)."""
     for name, wrapper in wrappers.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, wrapper.layer)
+        parent, child = _parent_of(model, name)
+        setattr(parent, child, wrapper.layer)
+
+
+def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding ``name`` and the attribute it is held under."""
+    parent_name, _, child = name.rpartition(".")
+    return model.get_submodule(parent_name), child
 
 
 def kl_weight(step: int, anneal_steps: int) -> float:
@@ -203,11 +208,13 @@ class VariationalFit:
 
     def _epoch(self, batches: Batches) -> dict[str, float]:
         device = next(self.model.parameters()).device
+        # batches: a list or a loader, re-iterable and sized
+        anneal_steps = round(self.recipe.anneal_epochs * len(batches))  # type: ignore[arg-type]
         totals, steps = {"loss": 0.0, "kl": 0.0}, 0
         for x, y in batches:
             kl = sum(kl_divergence(w.log_alpha()) for w in self.wrappers.values()) / self.train_size
             logits = self.model(x.to(device))
-            loss = F.cross_entropy(logits, y.to(device)) + self._kl_weight(batches) * kl
+            loss = F.cross_entropy(logits, y.to(device)) + kl_weight(self.step, anneal_steps) * kl
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"variational loss became {loss.item()} at step {self.step}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -218,10 +225,6 @@ class VariationalFit:
             steps += 1
             self.step += 1
         return {k: v / max(steps, 1) for k, v in totals.items()}
-
-    def _kl_weight(self, batches: Batches) -> float:
-        steps_per_epoch = len(batches)  # type: ignore[arg-type]  # batches: a list or a loader, re-iterable and sized
-        return kl_weight(self.step, round(self.recipe.anneal_epochs * steps_per_epoch))
 
 
 def fit_variational(
