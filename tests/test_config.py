@@ -231,6 +231,20 @@ def test_finetune_rebuilt_keeps_the_hashes_of_points_finished_before_it(make_cfg
         validate(make_cfg("finetune.rebuilt=yes"))
 
 
+def test_channels_last_keys_points_and_dense_models_but_false_keeps_the_old_ones(make_cfg):
+    """channels_last (default true) computes float-equal, not bit-equal numbers: a point and a dense model made
+    in it are new ones; false is what every run before the key computed, so it keeps their hashes and caches."""
+    new = make_cfg()
+    assert new.channels_last is True
+    old = make_cfg("~channels_last")  # the config as it was before the key existed
+    contiguous = make_cfg("channels_last=false")
+    assert config_hash(contiguous) == config_hash(old) != config_hash(new)
+    assert dense_key(contiguous) == dense_key(old) != dense_key(new)
+    assert config_hash(make_cfg("+sweep=frontier")) == config_hash(make_cfg("+sweep=frontier", "~channels_last"))
+    with pytest.raises(ConfigError, match=r"channels_last='yes' must be true or false"):
+        validate(make_cfg("channels_last=yes"))
+
+
 def test_pruning_variational_keeps_old_hashes_and_keys_its_trained_model(make_cfg):
     """At its defaults pruning.variational is left out of the hash (finished points still match); a changed recipe
     is another point and another trained model, and the sensitivity curves of a variational model are its own."""

@@ -33,11 +33,13 @@ REWINDING_SCHEDULES = tuple(name for name, schedule in schedules.SCHEDULES.items
 # They are left out of the config hash, so a resumed sweep recognises its finished points.
 _NOT_IN_HASH = ("tracking", "paths", "trainer", "threads", "hydra")
 _DATA_KEYS_NOT_IN_HASH = ("root", "sources", "eval_batch_size", "_target_")
-# Keys left out of the hash while at their default: added after sweeps had finished points, and at the default they
-# compute what those points computed (the rebuilt model fine-tunes exactly like the masked one, as
-# tests/pruning/test_pruning_rebuilt_training.py shows).
-_HASHED_UNLESS_DEFAULT = {
+# Keys left out of the hash while they hold the value that points before them computed with: added after sweeps
+# had finished points, and at that value they compute what those points computed (the rebuilt model fine-tunes
+# exactly like the masked one, as tests/pruning/test_pruning_rebuilt_training.py shows). Mostly the default.
+_HASHED_UNLESS_LEGACY = {
     ("finetune", "rebuilt"): True,
+    # Not the default (true), but what every point before it computed: contiguous tensors.
+    (None, "channels_last"): False,
     ("finetune", "distill"): dataclasses.asdict(Distillation()),
     ("pruning", "variational"): dataclasses.asdict(VariationalRecipe()),
 }
@@ -62,6 +64,8 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "seed", low=0)
     if cfg.get("threads") is not None:
         _integer(cfg, "threads", low=1)
+    if not isinstance(cfg.get("channels_last", False), bool):
+        raise ConfigError(f"channels_last={cfg.channels_last!r} must be true or false")
     _check_data(cfg)
     model = _built_model(cfg)
     _check_recipes(cfg)
@@ -218,23 +222,32 @@ def config_hash(cfg: DictConfig) -> str:
     """Identity of a sweep point: everything that determines its numbers, nothing that only places it."""
     data = {k: v for k, v in plain(cfg).items() if k not in _NOT_IN_HASH}
     data["data"] = {k: v for k, v in data.get("data", {}).items() if k not in _DATA_KEYS_NOT_IN_HASH}
-    for (group, key), default in _HASHED_UNLESS_DEFAULT.items():
-        if isinstance(data.get(group), dict) and data[group].get(key, default) == default:
+    return _digest(_without_legacy_values(data))
+
+
+def _without_legacy_values(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the keys of ``_HASHED_UNLESS_LEGACY`` that hold the value older points computed with
+    (group None: a top-level key)."""
+    for (group, key), default in _HASHED_UNLESS_LEGACY.items():
+        if group is None:
+            if data.get(key, default) == default:
+                data = {k: v for k, v in data.items() if k != key}
+        elif isinstance(data.get(group), dict) and data[group].get(key, default) == default:
             data[group] = {k: v for k, v in data[group].items() if k != key}
-    return _digest(data)
+    return data
 
 
 def dense_key(cfg: DictConfig) -> str:
     """Identity of the dense model: model, data, training recipe and seed. Pruning is not part of it."""
     data = plain(cfg)
-    return _digest(
-        {
-            "model": data["model"],
-            "data": {k: v for k, v in data["data"].items() if k not in _DATA_KEYS_NOT_IN_HASH},
-            "train": data["train"],
-            "seed": data["seed"],
-        }
-    )
+    identity = {
+        "model": data["model"],
+        "data": {k: v for k, v in data["data"].items() if k not in _DATA_KEYS_NOT_IN_HASH},
+        "train": data["train"],
+        "seed": data["seed"],
+        "channels_last": data.get("channels_last", False),  # the layout it trained in: float-equal, not bit-equal
+    }
+    return _digest(_without_legacy_values(identity))
 
 
 def variational_key(cfg: DictConfig) -> str:

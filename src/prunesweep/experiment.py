@@ -37,7 +37,7 @@ from prunesweep.config import (
     variational_recipe,
 )
 from prunesweep.distillation import Distillation
-from prunesweep.lit import evaluate, fit
+from prunesweep.lit import evaluate, fit, in_layout
 from prunesweep.pruning import (
     GRANULARITIES,
     IMPORTANCES,
@@ -299,7 +299,7 @@ def _rebuilder(
         return None
 
     def rebuilt(plan: MaskPlan) -> Rebuilt:
-        compact = rebuild(model, plan, example)
+        compact = in_layout(rebuild(model, plan, example), bool(cfg.get("channels_last", False)))
         return Rebuilt(compact, check_rebuild(model, compact, probe, name=str(cfg.model.name)))
 
     return rebuilt
@@ -354,7 +354,8 @@ def _calibrate(
 def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun, epochs: int) -> nn.Module:
     """The dense model after ``epochs`` of the training recipe: from the cache, or trained (and cached) now."""
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)  # same init for every epochs
-    model: nn.Module = build_model(cfg.model, *data_signature(datamodule))
+    # In the point's layout before it trains or loads: loading copies values into these tensors, keeping it.
+    model = in_layout(build_model(cfg.model, *data_signature(datamodule)), bool(cfg.get("channels_last", False)))
     if epochs == 0:
         return model
     key_cfg = cfg
@@ -532,7 +533,7 @@ def _measure(
     if GRANULARITIES[spec.granularity].structured:
         rebuilt = result.rebuilt
         if rebuilt is None:
-            compact = rebuild(model, plan, example[:2])
+            compact = in_layout(rebuild(model, plan, example[:2]), bool(cfg.get("channels_last", False)))
             rebuilt = Rebuilt(compact, check_rebuild(model, compact, example, name=str(cfg.model.name)))
         compact = rebuilt.model
         metrics.update(_rebuilt_metrics(rebuilt, example))

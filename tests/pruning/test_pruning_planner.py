@@ -269,3 +269,24 @@ def test_broken_threshold_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(THRESHOLDS, "layerwise", KeepsEverything)
     with pytest.raises(RuntimeError, match="promised to prune"):
         compute_masks(_model(LeNet300), PruningSpec(sparsity=0.5, threshold="layerwise"))
+
+
+def test_masks_keep_a_channels_last_model_channels_last_and_compute_what_contiguous_does():
+    """conv1 has one input channel, so ``mask * weight`` would come out laid out as contiguous, and every
+    convolution after it would take the slow kernels; HeldMask keeps the strides (also once made permanent)."""
+    contiguous = _model(LeNet5)
+    spec = PruningSpec(sparsity=0.75, granularity="unstructured", threshold="global")
+    plan = compute_masks(contiguous, spec)
+    channels_last = copy.deepcopy(contiguous).to(memory_format=torch.channels_last)
+    for model in (contiguous, channels_last):
+        apply_masks(model, plan)
+    x = torch.randn(8, 1, 28, 28)
+    layout = torch.channels_last
+    assert channels_last.conv1.weight.stride() == channels_last.conv1.weight_orig.stride()
+    assert channels_last.conv1(x).is_contiguous(memory_format=layout)
+    assert not contiguous.conv1(x).is_contiguous(memory_format=layout)
+    torch.testing.assert_close(channels_last(x), contiguous(x), atol=1e-5, rtol=0)
+    assert masked_nonzero(channels_last, plan) == 0
+    make_permanent(channels_last)
+    assert channels_last.conv1(x).is_contiguous(memory_format=layout)
+    assert int((channels_last.conv1.weight == 0).sum()) == int((~plan.masks["conv1"]["weight"]).sum())

@@ -4,8 +4,9 @@ per-point overhead, and a reduced default sweep with ``finetune.rebuilt`` on and
 Every point is a real ``experiment.run`` on its own SQLite store, so the times are the ones a sweep logs
 (``time/finetune_s``, ``time/point_s``). The dense model is trained by a warm-up point first and cached, so no
 side pays for it. The old side is the path before issue 17 as far as settings reach: the masked fine-tune, the
-dense model measured in every point (as before its measures were cached beside it), and evaluation in batches of
-1000 (before they were cut to 256, which stay in the CPU's caches and give the same outputs bit for bit).
+dense model measured in every point (as before its measures were cached beside it), evaluation in batches of
+1000 (before they were cut to 256, which stay in the CPU's caches and give the same outputs bit for bit), and
+contiguous tensors (``channels_last=false``; channels-last runs oneDNN's faster kernels, equal to float rounding).
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ OLD_EVAL_BATCH_SIZE = 1000
 
 def _point(workdir: Path, overrides: Sequence[str], rebuilt: bool) -> dict[str, float]:
     """One point; ``rebuilt=False`` is the path before issue 17: the masked fine-tune, the dense model's accuracy,
-    counts and latency measured again by every point (its cached measures are removed first), and evaluation in
-    batches of ``OLD_EVAL_BATCH_SIZE``."""
+    counts and latency measured again by every point (its cached measures are removed first), evaluation in
+    batches of ``OLD_EVAL_BATCH_SIZE``, and contiguous tensors (its own dense model, trained by the warm-up)."""
     from prunesweep import experiment  # heavy: only once the bench runs this section
 
     if not rebuilt:
         for measures in (workdir / "dense").glob("*-measures-*.json"):
             measures.unlink()
-    old = () if rebuilt else (f"data.eval_batch_size={OLD_EVAL_BATCH_SIZE}",)
+    old = () if rebuilt else (f"data.eval_batch_size={OLD_EVAL_BATCH_SIZE}", "channels_last=false")
     cfg = point_config(
         *overrides,
         *old,
@@ -66,7 +67,8 @@ def rebuilt_vs_masked(
         *extra,
     )
     channel = (*base, "pruning.granularity=channel", "pruning.sparsity=0.75")
-    _point(workdir, channel, rebuilt=True)  # warm-up: trains and caches the dense model and its measurements
+    for rebuilt in (True, False):  # warm-up: trains and caches each side's dense model (and the new side's measures)
+        _point(workdir, channel, rebuilt)
     runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     for round_ in range(repeats):
         for rebuilt in (True, False) if round_ % 2 == 0 else (False, True):
@@ -141,7 +143,7 @@ def _reduced_sweep(result: Result, workdir: Path, base: Sequence[str], sparsitie
     )
     result.add(
         f"reduced sweep ({len(points)} points, dense cached), new vs old path (masked, dense measured per point, "
-        f"eval batches of {OLD_EVAL_BATCH_SIZE})",
+        f"eval batches of {OLD_EVAL_BATCH_SIZE}, contiguous)",
         f"{total[True]:.1f} s vs {total[False]:.1f} s = {ratio:.2f}x; accuracies within {100 * worst:.2f} points",
         f"<= {SWEEP_RATIO_GOAL}",
         ratio <= SWEEP_RATIO_GOAL,

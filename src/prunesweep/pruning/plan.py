@@ -1,7 +1,8 @@
 """A pruning decision as data (:class:`MaskPlan`), and putting it on a model.
 
-Masks are applied with ``torch.nn.utils.prune.custom_from_mask`` so they hold during fine-tuning
-(``weight = weight_orig * weight_mask`` on every forward, whatever the optimizer does to ``weight_orig``).
+Masks are applied with :class:`HeldMask` (``torch.nn.utils.prune.custom_from_mask``) so they hold during
+fine-tuning (``weight = weight_orig * weight_mask`` on every forward, whatever the optimizer does to
+``weight_orig``).
 Deciding the masks is :func:`prunesweep.pruning.planner.compute_masks`; this module only stores and applies them.
 
 >>> import torch
@@ -132,8 +133,27 @@ def has_module(model: nn.Module, name: str) -> bool:
     return True
 
 
+class HeldMask(prune.CustomFromMask):
+    """``prune.custom_from_mask`` whose masked tensor keeps the strides of ``weight_orig``.
+
+    ``mask * orig`` lays a tensor with a size-1 dimension (a first convolution's single input channel) out as
+    contiguous even when ``orig`` is channels-last; the convolution then takes its slower contiguous kernels and
+    hands that layout on to the next layers.
+
+    >>> conv = nn.Conv2d(1, 4, 3).to(memory_format=torch.channels_last)
+    >>> _ = HeldMask.apply(conv, "weight", mask=torch.ones(4, 1, 3, 3))
+    >>> conv(torch.zeros(1, 1, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+    True
+    """
+
+    def apply_mask(self, module: nn.Module) -> torch.Tensor:
+        masked = super().apply_mask(module)
+        orig = getattr(module, self._tensor_name + "_orig")
+        return masked if masked.stride() == orig.stride() else torch.empty_like(orig).copy_(masked)
+
+
 def apply_masks(model: nn.Module, plan: MaskPlan) -> None:
-    """Attach every mask of ``plan`` with ``prune.custom_from_mask``.
+    """Attach every mask of ``plan`` as a :class:`HeldMask` (``prune.custom_from_mask``).
 
     A parameter that is already pruned first gets its old mask baked in (``prune.remove``) and then the new
     one: masks never stack into a ``PruningContainer``, whose amounts would be relative to the remainder.
@@ -146,7 +166,7 @@ def apply_masks(model: nn.Module, plan: MaskPlan) -> None:
             if is_reparametrized(module, pname):
                 prune.remove(module, pname)
             param = getattr(module, pname)
-            prune.custom_from_mask(module, pname, mask.to(device=param.device))
+            HeldMask.apply(module, pname, mask=mask.to(device=param.device))
     for module_name in plan.bypass:
         module = model.get_submodule(module_name)
         if not is_bypassed(module):
