@@ -30,10 +30,8 @@ def _point(workdir: Path, overrides: Sequence[str], rebuilt: bool) -> dict[str, 
     counts and latency measured again by every point (its cached measures are removed first), evaluation in
     batches of ``OLD_EVAL_BATCH_SIZE``, and contiguous tensors (its own dense model, trained by the warm-up)."""
     from prunesweep import experiment  # heavy: only once the bench runs this section
+    from prunesweep.config import dense_key
 
-    if not rebuilt:
-        for measures in (workdir / "dense").glob("*-measures-*.json"):
-            measures.unlink()
     old = () if rebuilt else (f"data.eval_batch_size={OLD_EVAL_BATCH_SIZE}", "channels_last=false")
     cfg = point_config(
         *overrides,
@@ -44,6 +42,9 @@ def _point(workdir: Path, overrides: Sequence[str], rebuilt: bool) -> dict[str, 
         f"tracking.uri=sqlite:///{workdir / ('rebuilt' if rebuilt else 'masked') / 'mlflow.db'}",
         "trainer.enable_progress_bar=false",
     )
+    if not rebuilt:  # only its own dense model's: the new side's (another layout, another key) stay cached
+        for measures in (workdir / "dense").glob(f"{dense_key(cfg)}-measures-*.json"):
+            measures.unlink()
     return experiment.run(cfg)
 
 
