@@ -129,6 +129,25 @@ def test_a_point_logs_to_a_tracking_server(make_cfg, tiny_overrides, mlflow_serv
     assert "layers.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+def test_a_sparse_vd_model_is_trained_once_for_workers_that_share_no_disk(
+    make_cfg, tiny_overrides, mlflow_server, tmp_path
+):
+    """Two points of one seed, each with its own dense cache (two nodes, no shared disk), one tracking server: the
+    first trains the dense and the sparse VD model and publishes both; the second downloads them."""
+    overrides = [o for o in tiny_overrides if not o.startswith("tracking.uri=")]
+    vd = ("pruning.importance=variational", "pruning.threshold=global", "pruning.variational.epochs=1")
+    runs = []
+    for node, sparsity in (("node1", 0.9), ("node2", 0.95)):
+        cfg = make_cfg(*overrides, *vd, f"pruning.sparsity={sparsity}", f"tracking.uri={mlflow_server}",
+                       f"paths.dense_cache={tmp_path / node}")  # fmt: skip
+        runs.append(MlflowClient(tracking_uri=mlflow_server).get_run(experiment.run(cfg)["run_id"]))
+    first, second = runs
+    assert (first.data.tags["dense_cached"], first.data.tags["variational_cached"]) == ("False", "False")
+    assert (second.data.tags["dense_cached"], second.data.tags["variational_cached"]) == ("True", "True")
+    assert second.data.metrics["variational/noise_share"] == first.data.metrics["variational/noise_share"]
+    assert "variational/loss" in first.data.metrics and "variational/loss" not in second.data.metrics
+
+
 def test_unreachable_tracking_server_fails_at_start(tmp_path, free_port):
     started = time.time()
     proc = subprocess.run(

@@ -389,15 +389,18 @@ def _variational(
     cfg: DictConfig, spec: PruningSpec, model: nn.Module, datamodule: pl.LightningDataModule, point: PointRun
 ) -> Variational | None:
     """``pruning.importance=variational``: sparse variational dropout trained from the dense ``model`` (or loaded:
-    cached beside it, shared by every target of a sweep). Its weights θ replace the model's, and its noise levels
-    score them. None for every other importance."""
+    cached beside it, or published on a tracking server; shared by every target of a sweep). Its weights θ
+    replace the model's, and its noise levels score them. None for every other importance."""
     if not IMPORTANCES[spec.importance].trained_from_dense:
         return None
     wrappers = attach(model, resolve_layers(spec, model))
     key = variational_key(cfg)
     train = _variational_trainer(cfg, key, model, wrappers, datamodule, point)
-    trained = cache.dense_or_train(cfg.paths.dense_cache, key, model, train=train, log=log.info, what="sparse VD model")
-    point.set_tags({"variational_cached": not trained})
+    # Like the dense model: a local-cache miss asks the tracking server first, so workers without a shared disk
+    # train it once (its hours are worth a download).
+    shared = SharedDense(point.store, key, model, train, log=log.info, what="sparse VD model")
+    cache.dense_or_train(cfg.paths.dense_cache, key, model, train=shared, log=log.info, what="sparse VD model")
+    point.set_tags({"variational_cached": not shared.trained})
     point.log_metrics({"variational/noise_share": noise_share(wrappers)})
     log_sigma2 = {name: wrapper.log_sigma2.detach().clone() for name, wrapper in wrappers.items()}
     detach(model, wrappers)

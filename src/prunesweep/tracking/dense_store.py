@@ -52,8 +52,10 @@ class SharedDense:
         train: Callable[[], None],
         log: Callable[[str], None] = _log.info,
         wait_s: float = 3 * 3600,
+        what: str = "dense model",
     ) -> None:
         self.store, self.key, self.model, self._train, self.log, self.wait_s = store, key, model, train, log, wait_s
+        self.what = what  # names the model in log lines (the sparse VD model is shared the same way)
         self.trained = False
 
     def __call__(self) -> None:
@@ -73,11 +75,11 @@ class SharedDense:
                 self._train_and_publish(dense, claim)
                 return
             if not announced:
-                self.log(f"dense model {self.key}: another worker is training it; waiting for the server's copy")
+                self.log(f"{self.what} {self.key}: another worker is training it; waiting for the server's copy")
                 announced = True
             time.sleep(POLL_S)
         # Whoever claimed it never published (killed, or far slower): do not wait forever.
-        self.log(f"dense model {self.key}: not published after {self.wait_s:.0f} s; training it here")
+        self.log(f"{self.what} {self.key}: not published after {self.wait_s:.0f} s; training it here")
         self._train()
         self.trained = True
 
@@ -106,7 +108,7 @@ class SharedDense:
         return None
 
     def _train_and_publish(self, dense: Store, run_id: str) -> None:
-        self.log(f"dense model {self.key}: training it for every worker (dense run {run_id})")
+        self.log(f"{self.what} {self.key}: training it for every worker (dense run {run_id})")
         try:
             self._train()
             buffer = io.BytesIO()
@@ -132,10 +134,10 @@ class SharedDense:
             payload = Path(local).read_bytes()
         digest = hashlib.sha256(payload).hexdigest()
         if digest != run.data.tags.get(SHA_TAG):
-            self.log(f"dense model {self.key}: the server's copy (run {run_id}) failed its checksum; retraining")
+            self.log(f"{self.what} {self.key}: the server's copy (run {run_id}) failed its checksum; retraining")
             dense.client.set_tag(run_id, "error", f"sha256 mismatch: file {digest}, tag {run.data.tags.get(SHA_TAG)}")
             dense.client.set_terminated(run_id, "FAILED")
             return False
         self.model.load_state_dict(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True))
-        self.log(f"dense model {self.key}: downloaded from the server (dense run {run_id}), SHA-256 verified")
+        self.log(f"{self.what} {self.key}: downloaded from the server (dense run {run_id}), SHA-256 verified")
         return True
