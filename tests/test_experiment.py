@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from prunesweep import experiment
 from prunesweep.config import ConfigError
-from prunesweep.lit import fit
+from prunesweep.lit import fit, in_layout
 from prunesweep.models import LeNet5
 
 pytestmark = pytest.mark.slow
@@ -250,7 +250,7 @@ def test_rewind_to_epoch_k_replays_the_first_k_epochs_exactly(make_cfg, tiny_ove
             snapshots[trainer.current_epoch] = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
 
     pl.seed_everything(0, verbose=False)
-    model = instantiate(cfg.model)
+    model = in_layout(instantiate(cfg.model), cfg.channels_last)  # the run's layout: another one sums differently
     fit(
         model,
         datamodule.train_dataloader(),
