@@ -19,7 +19,7 @@ from prunesweep.bench.common import PeakRSS, Result
 from prunesweep.bench.train import quiet_lightning, restored_determinism
 from prunesweep.config import pruning_spec
 from prunesweep.experiment import setup_data
-from prunesweep.lit import evaluate, fit
+from prunesweep.lit import evaluate, fit, in_layout
 from prunesweep.schedules import SCHEDULES, ScheduleJob, masking_prune
 from prunesweep.storage import SQLITE_PREFIX
 
@@ -79,7 +79,7 @@ def time_dense_and_finetune(cfg: DictConfig) -> tuple[float, float]:
     """T and F of one point, timed directly: :func:`~prunesweep.lit.fit` of the dense recipe, then the one-shot
     schedule's fine-tune with masks held (validation included, as in a sweep)."""
     datamodule = setup_data(cfg, log_fn=lambda _msg: None)
-    model = instantiate(cfg.model)
+    model = in_layout(instantiate(cfg.model), bool(cfg.get("channels_last", False)))  # as the points run
     trainer_cfg = OmegaConf.merge(cfg.trainer, {"enable_progress_bar": False})
     finetune_s: list[float] = []
 
