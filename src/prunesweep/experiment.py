@@ -299,7 +299,7 @@ def _rebuilder(
         return None
 
     def rebuilt(plan: MaskPlan) -> Rebuilt:
-        compact = in_layout(rebuild(model, plan, example), bool(cfg.get("channels_last", False)))
+        compact = _in_point_layout(cfg, rebuild(model, plan, example))
         return Rebuilt(compact, check_rebuild(model, compact, probe, name=str(cfg.model.name)))
 
     return rebuilt
@@ -351,11 +351,16 @@ def _calibrate(
     point.set_tags({"sensitivity_cached": not measured})
 
 
+def _in_point_layout(cfg: DictConfig, model: nn.Module) -> nn.Module:
+    """``model`` in the layout the point runs in (``channels_last``; absent in configs recorded before it: false)."""
+    return in_layout(model, bool(cfg.get("channels_last", False)))
+
+
 def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun, epochs: int) -> nn.Module:
     """The dense model after ``epochs`` of the training recipe: from the cache, or trained (and cached) now."""
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)  # same init for every epochs
     # In the point's layout before it trains or loads: loading copies values into these tensors, keeping it.
-    model = in_layout(build_model(cfg.model, *data_signature(datamodule)), bool(cfg.get("channels_last", False)))
+    model = _in_point_layout(cfg, build_model(cfg.model, *data_signature(datamodule)))
     if epochs == 0:
         return model
     key_cfg = cfg
@@ -536,7 +541,7 @@ def _measure(
     if GRANULARITIES[spec.granularity].structured:
         rebuilt = result.rebuilt
         if rebuilt is None:
-            compact = in_layout(rebuild(model, plan, example[:2]), bool(cfg.get("channels_last", False)))
+            compact = _in_point_layout(cfg, rebuild(model, plan, example[:2]))
             rebuilt = Rebuilt(compact, check_rebuild(model, compact, example, name=str(cfg.model.name)))
         compact = rebuilt.model
         metrics.update(_rebuilt_metrics(rebuilt, example))
