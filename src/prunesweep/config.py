@@ -64,8 +64,7 @@ def validate(cfg: DictConfig) -> None:
     _integer(cfg, "seed", low=0)
     if cfg.get("threads") is not None:
         _integer(cfg, "threads", low=1)
-    if not isinstance(cfg.get("channels_last", False), bool):
-        raise ConfigError(f"channels_last={cfg.channels_last!r} must be true or false")
+    _boolean(cfg, "channels_last", absent=False)
     _check_data(cfg)
     model = _built_model(cfg)
     _check_recipes(cfg)
@@ -101,8 +100,7 @@ def _check_recipes(cfg: DictConfig) -> None:
         if cfg[stage].get("lr_schedule") is not None:  # optional key: absent = constant (keeps old hashes)
             _choice(cfg, f"{stage}.lr_schedule", LR_SCHEDULES)
     _integer(cfg, "train.batch_size", low=1)
-    if not isinstance(cfg.finetune.get("rebuilt", True), bool):
-        raise ConfigError(f"finetune.rebuilt={cfg.finetune.rebuilt!r} must be true or false")
+    _boolean(cfg, "finetune.rebuilt", absent=True)
     try:
         Distillation.from_recipe(cfg.finetune)
     except (TypeError, ValueError, AttributeError) as err:
@@ -329,6 +327,13 @@ def _number(
         span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
         raise ConfigError(f"{key}={value!r} is out of range; it must lie in {span}")
     return float(value)
+
+
+def _boolean(cfg: DictConfig, key: str, absent: bool) -> None:
+    """``key`` is true or false; ``absent`` stands in for a key older configs lack (null is refused)."""
+    value = OmegaConf.select(cfg, key, default=absent, throw_on_missing=False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
 
 
 def _integer(cfg: DictConfig, key: str, low: int | None = None, high: int | None = None) -> int:

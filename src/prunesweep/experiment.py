@@ -383,11 +383,19 @@ def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun,
             prefix=prefix,
         )
 
-    # A local-cache miss asks the tracking server first: workers without a shared disk train each model once.
-    shared = SharedDense(point.store, dense_key(key_cfg), model, train, log=log.info)
-    cache.dense_or_train(cfg.paths.dense_cache, shared.key, model, train=shared, log=log.info)
-    point.set_tags({"dense_cached" if full else f"rewind{epochs}_cached": not shared.trained})
+    trained = _cached_or_trained(cfg, point, dense_key(key_cfg), model, train)
+    point.set_tags({"dense_cached" if full else f"rewind{epochs}_cached": not trained})
     return model
+
+
+def _cached_or_trained(
+    cfg: DictConfig, point: PointRun, key: str, model: nn.Module, train: Callable[[], None], what: str = "dense model"
+) -> bool:
+    """``model`` loaded from the local cache, else from the tracking server, else trained by ``train()`` (and
+    published); True when this process trained it. Workers without a shared disk thus train each model once."""
+    shared = SharedDense(point.store, key, model, train, log=log.info, what=what)
+    cache.dense_or_train(cfg.paths.dense_cache, key, model, train=shared, log=log.info, what=what)
+    return shared.trained
 
 
 def _variational(
@@ -401,11 +409,8 @@ def _variational(
     wrappers = attach(model, resolve_layers(spec, model))
     key = variational_key(cfg)
     train = _variational_trainer(cfg, key, model, wrappers, datamodule, point)
-    # Like the dense model: a local-cache miss asks the tracking server first, so workers without a shared disk
-    # train it once (its hours are worth a download).
-    shared = SharedDense(point.store, key, model, train, log=log.info, what="sparse VD model")
-    cache.dense_or_train(cfg.paths.dense_cache, key, model, train=shared, log=log.info, what="sparse VD model")
-    point.set_tags({"variational_cached": not shared.trained})
+    trained = _cached_or_trained(cfg, point, key, model, train, what="sparse VD model")
+    point.set_tags({"variational_cached": not trained})
     point.log_metrics({"variational/noise_share": noise_share(wrappers)})
     log_sigma2 = {name: wrapper.log_sigma2.detach().clone() for name, wrapper in wrappers.items()}
     detach(model, wrappers)
