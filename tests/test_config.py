@@ -245,6 +245,20 @@ def test_channels_last_keys_points_and_dense_models_but_false_keeps_the_old_ones
         validate(make_cfg("channels_last=yes"))
 
 
+def test_trainer_precision_keys_points_and_dense_models_but_full_precision_keeps_the_old_ones(make_cfg):
+    """The trainer group only says where a run executes, except its precision: a 16-mixed point or dense model is
+    another one. Full precision, however spelled, keeps the hashes of every run before the key was read."""
+    cpu, gpu = make_cfg(), make_cfg("trainer=gpu")
+    assert gpu.trainer.precision == "32-true"
+    assert config_hash(gpu) == config_hash(cpu) == config_hash(make_cfg("trainer=gpu", "trainer.precision=32"))
+    assert dense_key(gpu) == dense_key(cpu)
+    mixed = make_cfg("trainer=gpu", "trainer.precision=16-mixed")
+    assert config_hash(mixed) != config_hash(cpu)
+    assert dense_key(mixed) != dense_key(cpu)
+    assert config_hash(mixed) == config_hash(make_cfg("trainer=gpu", "trainer.precision=16"))
+    assert config_hash(make_cfg("trainer=gpu", "trainer.precision=bf16-mixed")) != config_hash(mixed)
+
+
 def test_pruning_variational_keeps_old_hashes_and_keys_its_trained_model(make_cfg):
     """At its defaults pruning.variational is left out of the hash (finished points still match); a changed recipe
     is another point and another trained model, and the sensitivity curves of a variational model are its own."""

@@ -32,6 +32,11 @@ REWINDING_SCHEDULES = tuple(name for name, schedule in schedules.SCHEDULES.items
 # Keys that change how a run is executed or where it is stored, not what it computes.
 # They are left out of the config hash, so a resumed sweep recognises its finished points.
 _NOT_IN_HASH = ("tracking", "paths", "trainer", "threads", "hydra")
+# ... except the trainer's float precision: 16-mixed computes other numbers, not the same ones elsewhere.
+# (trainer.deterministic only makes a GPU repeat bit for bit; the device itself is where a run executes.)
+_PRECISION = "trainer_precision"
+_FULL_PRECISION = "32-true"
+_PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}  # Lightning's
 _DATA_KEYS_NOT_IN_HASH = ("root", "sources", "eval_batch_size", "_target_")
 # Keys left out of the hash while they hold the value that points before them computed with: added after sweeps
 # had finished points, and at that value they compute what those points computed (the rebuilt model fine-tunes
@@ -42,6 +47,7 @@ _HASHED_UNLESS_LEGACY = {
     (None, "channels_last"): False,
     ("finetune", "distill"): dataclasses.asdict(Distillation()),
     ("pruning", "variational"): dataclasses.asdict(VariationalRecipe()),
+    (None, _PRECISION): _FULL_PRECISION,
 }
 
 
@@ -220,7 +226,14 @@ def config_hash(cfg: DictConfig) -> str:
     """Identity of a sweep point: everything that determines its numbers, nothing that only places it."""
     data = {k: v for k, v in plain(cfg).items() if k not in _NOT_IN_HASH}
     data["data"] = {k: v for k, v in data.get("data", {}).items() if k not in _DATA_KEYS_NOT_IN_HASH}
+    data[_PRECISION] = _precision(cfg)
     return _digest(_without_legacy_values(data))
+
+
+def _precision(cfg: DictConfig) -> str:
+    """The trainer's float precision, as Lightning names it (absent: full precision)."""
+    name = str(OmegaConf.select(cfg, "trainer.precision", default=None) or _FULL_PRECISION)
+    return _PRECISION_ALIASES.get(name, name)
 
 
 def _without_legacy_values(data: dict[str, Any]) -> dict[str, Any]:
@@ -244,6 +257,7 @@ def dense_key(cfg: DictConfig) -> str:
         "train": data["train"],
         "seed": data["seed"],
         "channels_last": data.get("channels_last", False),  # the layout it trained in: float-equal, not bit-equal
+        _PRECISION: _precision(cfg),
     }
     return _digest(_without_legacy_values(identity))
 
