@@ -313,7 +313,7 @@ def test_iterative_rounds_share_one_shots_fine_tune_steps(make_cfg, tiny_overrid
     assert [len(history) for history in per_round] == [1, 1, 1]  # every round validated once (epoch 0)
 
 
-@pytest.mark.parametrize("schedule", ["oneshot", "iterative", "gradual"])
+@pytest.mark.parametrize("schedule", ["oneshot", "iterative", "gradual", "splicing"])
 def test_rebuilt_fine_tune_gives_the_masked_results_on_a_smaller_model(make_cfg, tiny_overrides, store_uri, schedule):
     """finetune.rebuilt trains the physically smaller model; it must land where the masked path lands."""
     common = (*tiny_overrides, "pruning.granularity=channel", "pruning.sparsity=0.75", f"pruning.schedule={schedule}")
@@ -339,14 +339,16 @@ def test_rebuilt_fine_tune_gives_the_masked_results_on_a_smaller_model(make_cfg,
         ("finetune.distill.weight=0.7", "pruning.schedule=gradual", "pruning.gradual.frequency=1"),
         ("finetune.distill.weight=0.7", "pruning.granularity=channel", "pruning.threshold=global"),
         ("pruning.threshold=marginal", "pruning.schedule=gradual", "pruning.gradual.frequency=1"),
+        ("pruning.threshold=global", "pruning.schedule=splicing", "pruning.gradual.frequency=1"),
     ],
-    ids=["distill-gradual", "distill-channel-rebuilt", "marginal-gradual"],
+    ids=["distill-gradual", "distill-channel-rebuilt", "marginal-gradual", "splicing"],
 )
 def test_new_methods_end_with_masks_held_and_the_target_met(
     make_cfg, tiny_overrides, store_uri, overrides, shared_dense
 ):
-    """Distillation and the marginal-cost allocation keep the harness's guarantees on real MNIST: the exact
-    target, masks held through fine-tuning (the run fails otherwise), and a rebuilt model equal to the masked one."""
+    """Distillation, the marginal-cost allocation and splicing keep the harness's guarantees on real MNIST: the
+    exact target, masks held through fine-tuning (the run fails otherwise), and a rebuilt model equal to the masked
+    one; splicing brings pruned weights back before its last update."""
     small_val = ("data.val_size=1000",)  # marginal measures its curves on the validation split
     cfg = make_cfg(*tiny_overrides, *TRAINED, shared_dense, *small_val, *overrides, "pruning.sparsity=0.75")
     result = experiment.run(cfg)
@@ -357,6 +359,8 @@ def test_new_methods_end_with_masks_held_and_the_target_met(
         assert metrics["rebuild/max_abs_diff"] < 1e-4
     else:
         assert metrics["params/weights_nonzero"] == round(0.25 * metrics["params/weights_total"])
+    if "pruning.schedule=splicing" in overrides:
+        assert metrics["splicing/returned"] > 0
     assert WELL_ABOVE_CHANCE < metrics["acc/finetuned"] <= 1.0
 
 

@@ -198,6 +198,7 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     metrics, layers, compact = _measure(cfg, spec, dense_metrics, dense, model, result, example, point)
     metrics.update({f"acc/{k}": v for k, v in acc.items()})
     metrics["finetune/steps"] = result.finetune_steps
+    metrics.update(result.metrics)
     metrics["time/finetune_s"] = timer["finetune_s"]
     # The rebuilt (structured) or zero-holding (unstructured) model, with every metric linked to it.
     exporting = time.perf_counter()

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from prunesweep.pruning import Importance, MaskPlan, PruningSpec, Threshold, apply_masks, compute_masks
+from prunesweep.pruning import Importance, MaskPlan, PruningSpec, Threshold, apply_masks, compute_masks, unsplice
 from prunesweep.pruning.callback import PruningCallback
 from prunesweep.pruning.schedule import GradualSchedule, iterative_targets
 
@@ -39,6 +39,14 @@ class Finetune(Protocol):
         prefix: str = "",
         model: nn.Module | None = None,
     ) -> int: ...
+
+
+class Prune(Protocol):
+    """Compute and apply masks at a cumulative ``target`` (keeping ``previous``'s pruned units pruned, when given)
+    and return the plan; ``spliced``: the pruned weights keep learning until the next call, which revises the masks
+    from every weight's value (:class:`prunesweep.pruning.SplicedMask`)."""
+
+    def __call__(self, target: float, previous: MaskPlan | None, *, spliced: bool = False) -> MaskPlan: ...
 
 
 class Evaluate(Protocol):
@@ -70,7 +78,7 @@ class ScheduleJob:
 
     model: nn.Module
     sparsity: float
-    prune: Callable[[float, MaskPlan | None], MaskPlan]
+    prune: Prune
     evaluate: Evaluate
     finetune: Finetune
     epochs: int  # finetune.epochs
@@ -96,6 +104,8 @@ class ScheduleResult:
     finetune_steps: int  # optimizer steps of fine-tuning, all rounds together
     #: The fine-tuned rebuilt model when the job rebuilds (then the job's masked model is left as it was pruned).
     rebuilt: Rebuilt | None = None
+    #: What the schedule itself measured, logged with the point's metrics (e.g. ``splicing/returned``).
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def model(self) -> nn.Module | None:
@@ -123,7 +133,7 @@ def masking_prune(
     threshold: Threshold | None = None,
     example_inputs: torch.Tensor | None = None,
     importance: Importance | None = None,
-) -> Callable[[float, MaskPlan | None], MaskPlan]:
+) -> Prune:
     """The ``prune`` of a job: masks for ``spec`` at a cumulative target (keeping ``previous`` pruned), applied.
 
     ``threshold`` is shared by every call, so one that measures the model (sensitivity) does so once; so is
@@ -131,7 +141,8 @@ def masking_prune(
     ``example_inputs`` (one batch of the data's image shape) is what couplings are traced on.
     """
 
-    def prune(target: float, previous: MaskPlan | None) -> MaskPlan:
+    def prune(target: float, previous: MaskPlan | None, *, spliced: bool = False) -> MaskPlan:
+        unsplice(model)  # after a spliced update, every weight's current value is scored, pruned ones included
         at_target = dataclasses.replace(spec, sparsity=target)
         plan = compute_masks(
             model,
@@ -142,7 +153,7 @@ def masking_prune(
             example_inputs=example_inputs,
             importance=importance,
         )
-        apply_masks(model, plan)
+        apply_masks(model, plan, spliced=spliced)
         return plan
 
     return prune
@@ -220,9 +231,46 @@ def gradual(job: ScheduleJob) -> ScheduleResult:
     """Zhu & Gupta's AGP: the masks tighten every few steps during fine-tuning, along a cubic, then stay. When the job
     rebuilds, the steps after the last update train the rebuilt model, in the same fit (same data order, same
     optimizer state and learning-rate schedule)."""
+    return _during_finetune(job, _agp(job, "gradual"), job.prune)
+
+
+def splicing(job: ScheduleJob) -> ScheduleResult:
+    """AGP whose masks are revised, not only tightened: until the last update the pruned weights keep learning
+    from the pruned network's gradient, and every update ranks all weights again, so a pruned weight can come
+    back (Guo et al. 2016's splicing, as Lin et al. 2020's dynamic pruning with feedback). The last update's
+    masks are held to the end, as in every schedule."""
+    agp = _agp(job, "splicing")
+    returned = {"splicing/returned": 0.0}  # pruned entries that a later update kept, over all updates
+
+    def revise(target: float, previous: MaskPlan | None) -> MaskPlan:
+        plan = job.prune(target, None, spliced=target < agp.final)
+        returned["splicing/returned"] += 0 if previous is None else _returned(previous, plan)
+        return plan
+
+    return dataclasses.replace(_during_finetune(job, agp, revise), metrics=returned)
+
+
+def _returned(before: MaskPlan, after: MaskPlan) -> int:
+    """Entries masked out by ``before`` and kept by ``after``."""
+    count = 0
+    for module, params in after.masks.items():
+        for name, keep in params.items():
+            old = before.masks.get(module, {}).get(name)
+            count += 0 if old is None else int((keep & ~old.to(keep.device)).sum())
+    return count
+
+
+def _agp(job: ScheduleJob, name: str) -> GradualSchedule:
     if job.rewind is not None:  # config validation refuses it first; a job built by hand must not be ignored either
-        raise ValueError("the gradual schedule does not rewind: it prunes during training (Schedule.rewinds)")
-    agp = GradualSchedule.over(job.sparsity, job.finetune_steps, job.gradual_end_fraction, job.gradual_frequency)
+        raise ValueError(f"the {name} schedule does not rewind: it prunes during training (Schedule.rewinds)")
+    return GradualSchedule.over(job.sparsity, job.finetune_steps, job.gradual_end_fraction, job.gradual_frequency)
+
+
+def _during_finetune(
+    job: ScheduleJob, agp: GradualSchedule, prune: Callable[[float, MaskPlan | None], MaskPlan]
+) -> ScheduleResult:
+    """One fit that prunes on ``agp``'s steps with ``prune``, then trains on (the rebuilt model, if the job
+    rebuilds) with the final masks held."""
     final: dict[str, float] = {}
     made: list[Rebuilt] = []
 
@@ -233,7 +281,7 @@ def gradual(job: ScheduleJob) -> ScheduleResult:
 
     callback = PruningCallback(
         job.model,
-        prune=job.prune,
+        prune=prune,
         schedule=agp,
         on_final=lambda _plan: final.setdefault("pruned", job.evaluate(made[-1].model if made else None)),
         rebuild=None if job.rebuild is None else rebuild,  # the steps after the last mask update train it
@@ -247,4 +295,5 @@ SCHEDULES: dict[str, Schedule] = {
     "oneshot": Schedule(oneshot),
     "iterative": Schedule(iterative),
     "gradual": Schedule(gradual, rewinds=False),
+    "splicing": Schedule(splicing, rewinds=False),
 }

@@ -9,7 +9,8 @@ holds the order):
    traced once by Torch-Pruning's DependencyGraph); :mod:`.structures` adds ``layer``, ``block`` and ``head``
    (units the model declares in ``structures``); :mod:`.discover` finds those units for a model that declares
    nothing (channel groups from the DependencyGraph, identity-shortcut residual blocks).
-3. :mod:`.plan` — :class:`MaskPlan` (a decision as data), :func:`apply_masks`, bypass hooks, exports;
+3. :mod:`.plan` — :class:`MaskPlan` (a decision as data), :func:`apply_masks` (held or spliced masks), bypass
+   hooks, exports;
    :mod:`.verify` — the rebuilt model must compute what the masked one does, or the rebuild is refused by name.
 4. Strategies, each a small class whose capabilities are class attributes (``accepts``, ``requires_calibration``,
    ``needs_calibration``, ``uses_normalize``...): :mod:`.importance` — ``IMPORTANCES``: ``l1``, ``l2``, ``taylor``,
@@ -46,10 +47,12 @@ from prunesweep.pruning.measure import (
 from prunesweep.pruning.plan import (
     LayerReport,
     MaskPlan,
+    SplicedMask,
     apply_masks,
     export_state_dict,
     make_permanent,
     masked_nonzero,
+    unsplice,
 )
 from prunesweep.pruning.planner import (
     available_granularities,
@@ -107,6 +110,7 @@ __all__ = [
     "RebuildMismatch",
     "Sensitivity",
     "SensitivityCurves",
+    "SplicedMask",
     "Threshold",
     "Unstructured",
     "Variational",
@@ -145,5 +149,6 @@ __all__ = [
     "resolve_layers",
     "size_bytes",
     "sparse_export",
+    "unsplice",
     "validate_spec",
 ]

@@ -152,8 +152,50 @@ class HeldMask(prune.CustomFromMask):
         return masked if masked.stride() == orig.stride() else torch.empty_like(orig).copy_(masked)
 
 
-def apply_masks(model: nn.Module, plan: MaskPlan) -> None:
-    """Attach every mask of ``plan`` as a :class:`HeldMask` (``prune.custom_from_mask``).
+class SplicedMask(HeldMask):
+    """A mask whose pruned weights keep learning: the forward uses ``weight_orig * mask`` exactly, but the gradient
+    reaches every entry of ``weight_orig`` unmasked (straight-through), so a pruned weight that the pruned network
+    needs grows and can be spliced back in by the next mask update (Guo et al. 2016's splicing, in the form of
+    Lin et al. 2020's dynamic pruning with feedback). :func:`unsplice` takes it off before masks are revised.
+
+    >>> fc = nn.Linear(2, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = fc.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    >>> _ = SplicedMask.apply(fc, "weight", mask=torch.tensor([[1.0, 0.0]]))
+    >>> fc(torch.tensor([[3.0, 4.0]])).sum().backward()
+    >>> fc.weight.tolist(), fc.weight_orig.grad.tolist()    # the forward is masked, the gradient is not
+    ([[1.0, 0.0]], [[3.0, 4.0]])
+    """
+
+    def apply_mask(self, module: nn.Module) -> torch.Tensor:
+        masked = super().apply_mask(module)
+        orig = getattr(module, self._tensor_name + "_orig")
+        mask = getattr(module, self._tensor_name + "_mask")
+        passed = masked + (orig - orig.detach()) * (1 - mask)  # adds exact zeros: the same values as ``masked``
+        return passed if passed.stride() == orig.stride() else torch.empty_like(orig).copy_(passed)
+
+
+def unsplice(model: nn.Module) -> int:
+    """Take every :class:`SplicedMask` off ``model``, leaving ``weight_orig``'s current values, pruned entries
+    included, as the plain parameter (the same Parameter object, so an optimizer keeps training it). Returns how
+    many tensors it freed; masks of any other kind stay."""
+    freed = 0
+    for module in model.modules():
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, SplicedMask):
+                name = hook._tensor_name
+                del module._forward_pre_hooks[key]
+                delattr(module, name)
+                orig = module._parameters.pop(name + "_orig")
+                del module._buffers[name + "_mask"]
+                module.register_parameter(name, orig)
+                freed += 1
+    return freed
+
+
+def apply_masks(model: nn.Module, plan: MaskPlan, *, spliced: bool = False) -> None:
+    """Attach every mask of ``plan`` as a :class:`HeldMask` (``prune.custom_from_mask``), or as a
+    :class:`SplicedMask` when ``spliced`` (the pruned weights keep learning until the next update).
 
     A parameter that is already pruned first gets its old mask baked in (``prune.remove``) and then the new
     one: masks never stack into a ``PruningContainer``, whose amounts would be relative to the remainder.
@@ -166,7 +208,7 @@ def apply_masks(model: nn.Module, plan: MaskPlan) -> None:
             if is_reparametrized(module, pname):
                 prune.remove(module, pname)
             param = getattr(module, pname)
-            HeldMask.apply(module, pname, mask=mask.to(device=param.device))
+            (SplicedMask if spliced else HeldMask).apply(module, pname, mask=mask.to(device=param.device))
     for module_name in plan.bypass:
         module = model.get_submodule(module_name)
         if not is_bypassed(module):
