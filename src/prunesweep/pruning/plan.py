@@ -147,9 +147,7 @@ class HeldMask(prune.CustomFromMask):
     """
 
     def apply_mask(self, module: nn.Module) -> torch.Tensor:
-        masked = super().apply_mask(module)
-        orig = getattr(module, self._tensor_name + "_orig")
-        return masked if masked.stride() == orig.stride() else torch.empty_like(orig).copy_(masked)
+        return _laid_out_like(super().apply_mask(module), getattr(module, self._tensor_name + "_orig"))
 
 
 class SplicedMask(HeldMask):
@@ -171,8 +169,12 @@ class SplicedMask(HeldMask):
         masked = super().apply_mask(module)
         orig = getattr(module, self._tensor_name + "_orig")
         mask = getattr(module, self._tensor_name + "_mask")
-        passed = masked + (orig - orig.detach()) * (1 - mask)  # adds exact zeros: the same values as ``masked``
-        return passed if passed.stride() == orig.stride() else torch.empty_like(orig).copy_(passed)
+        return _laid_out_like(masked + (orig - orig.detach()) * (1 - mask), orig)  # + exact zeros: ``masked``'s values
+
+
+def _laid_out_like(tensor: torch.Tensor, orig: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with ``orig``'s strides (a copy that autograd sees through, when they differ)."""
+    return tensor if tensor.stride() == orig.stride() else torch.empty_like(orig).copy_(tensor)
 
 
 def unsplice(model: nn.Module) -> int:
