@@ -63,6 +63,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "hydra.launcher.n_jobs=3 threads=1": (COMPOSE, "3 long runs"),
     "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational finetune.epochs=64 "
     "finetune.distill.weight=0.7 hydra/launcher=joblib hydra.launcher.n_jobs=3 threads=1": (COMPOSE, "3 long runs"),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational finetune.epochs=32 "
+    "hydra/launcher=joblib hydra.launcher.n_jobs=3 threads=1": (COMPOSE, "3 long runs"),
     "prunesweep +sweep=frontier +frontier=lenet300_unstructured_global_70xw_distill pruning.schedule=splicing "
     "finetune.epochs=64 hydra/launcher=joblib hydra.launcher.n_jobs=3 threads=1": (COMPOSE, "3 long runs"),
     "prunesweep +sweep=frontier +frontier=lenet300_unstructured_global_70xw_distill pruning.schedule=gradual "
