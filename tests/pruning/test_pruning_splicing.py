@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from prunesweep.lit import fit
 from prunesweep.models import LeNet5, LeNet300
 from prunesweep.pruning import MaskPlan, PruningSpec, SplicedMask, apply_masks, masked_nonzero, unsplice
-from prunesweep.pruning.plan import HeldMask
+from prunesweep.pruning.plan import HeldMask, is_bypassed
 from prunesweep.schedules import SCHEDULES, ScheduleJob, masking_prune
 
 GLOBAL_90 = PruningSpec(sparsity=0.9, granularity="unstructured", threshold="global")
@@ -80,6 +80,15 @@ def test_pruned_weights_move_but_stay_out_of_the_forward_until_unspliced():
     apply_masks(model, plan)
     assert unsplice(model) == 0  # held masks are not its business
     assert isinstance(next(iter(model.fc1._forward_pre_hooks.values())), HeldMask)
+
+
+def test_unsplicing_also_lifts_the_bypasses_of_a_spliced_update():
+    model = LeNet5()
+    plan = _plan(model)
+    apply_masks(model, MaskPlan(masks=plan.masks, layers=[], bypass=("fc2",)), spliced=True)
+    assert is_bypassed(model.fc2)
+    unsplice(model)
+    assert not is_bypassed(model.fc2)
 
 
 def test_a_pruned_weight_that_grows_comes_back_only_when_spliced():

@@ -179,8 +179,9 @@ def _laid_out_like(tensor: torch.Tensor, orig: torch.Tensor) -> torch.Tensor:
 
 def unsplice(model: nn.Module) -> int:
     """Take every :class:`SplicedMask` off ``model``, leaving ``weight_orig``'s current values, pruned entries
-    included, as the plain parameter (the same Parameter object, so an optimizer keeps training it). Returns how
-    many tensors it freed; masks of any other kind stay."""
+    included, as the plain parameter (the same Parameter object, so an optimizer keeps training it), and the
+    bypasses placed with them (the next update decides those again). Returns how many tensors it freed; masks of
+    any other kind stay."""
     freed = 0
     for module in model.modules():
         for key, hook in list(module._forward_pre_hooks.items()):
@@ -192,6 +193,8 @@ def unsplice(model: nn.Module) -> int:
                 del module._buffers[name + "_mask"]
                 module.register_parameter(name, orig)
                 freed += 1
+    if freed:
+        remove_bypasses(model)
     return freed
 
 
