@@ -203,8 +203,8 @@ def test_rewind_is_refused_by_name_where_a_schedule_cannot_rewind(make_cfg):
 def test_schedule_names_come_from_the_registry(make_cfg):
     from prunesweep import config, schedules
 
-    assert config.SCHEDULES == tuple(schedules.SCHEDULES) == ("oneshot", "iterative", "gradual")
-    with pytest.raises(ConfigError, match="choose one of: oneshot, iterative, gradual"):
+    assert config.SCHEDULES == tuple(schedules.SCHEDULES) == ("oneshot", "iterative", "gradual", "splicing")
+    with pytest.raises(ConfigError, match="choose one of: oneshot, iterative, gradual, splicing"):
         validate(make_cfg("pruning.schedule=agp"))
 
 
