@@ -166,10 +166,10 @@ class SplicedMask(HeldMask):
     """
 
     def apply_mask(self, module: nn.Module) -> torch.Tensor:
-        masked = super().apply_mask(module)
         orig = getattr(module, self._tensor_name + "_orig")
         mask = getattr(module, self._tensor_name + "_mask")
-        return _laid_out_like(masked + (orig - orig.detach()) * (1 - mask), orig)  # + exact zeros: ``masked``'s values
+        # ``orig * mask`` plus exact zeros (the held mask's values), laid out once per forward
+        return _laid_out_like(orig * mask + (orig - orig.detach()) * (1 - mask), orig)
 
 
 def _laid_out_like(tensor: torch.Tensor, orig: torch.Tensor) -> torch.Tensor:
