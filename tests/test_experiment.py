@@ -366,7 +366,8 @@ def test_new_methods_end_with_masks_held_and_the_target_met(
 
 def test_variational_dropout_trains_once_and_every_target_is_met(make_cfg, tiny_overrides, store_uri, shared_dense):
     """pruning.importance=variational trains sparse VD from the dense model once (its epochs logged), caches it
-    beside the dense model, and every target then prunes its θ by −log α exactly, masks held."""
+    beside the dense model, and every target then prunes its θ by −log α exactly, masks held; a longer fit of
+    the same recipe continues the finished one instead of starting over."""
     common = (
         *tiny_overrides,
         *TRAINED,
@@ -385,7 +386,13 @@ def test_variational_dropout_trains_once_and_every_target_is_met(make_cfg, tiny_
     assert logged[0].metrics["variational/noise_share"] == logged[1].metrics["variational/noise_share"]
     cache_dir = Path(shared_dense.split("=", 1)[1])
     assert list(cache_dir.glob("variational-*.pt")) and not list(cache_dir.glob("*.partial.pt*"))  # checkpoint gone
-    for target, data in zip((0.9, 0.5), logged, strict=True):
+    assert len(list(cache_dir.glob("variational-lineage-*-e2.fit.pt"))) == 1  # the finished fit's end state
+    longer = experiment.run(make_cfg(*common, "pruning.sparsity=0.9", "pruning.variational.epochs=3"))
+    history = client.get_metric_history(longer["run_id"], "variational/val_acc")
+    assert client.get_run(longer["run_id"]).data.tags["variational_continued_from"] == "2"
+    assert [m.step for m in history] == [2]  # only its third epoch was trained
+    logged.append(client.get_run(longer["run_id"]).data)
+    for target, data in zip((0.9, 0.5, 0.9), logged, strict=True):
         metrics = data.metrics
         assert metrics["params/weights_nonzero"] == round((1 - target) * metrics["params/weights_total"])
         assert WELL_ABOVE_CHANCE < metrics["acc/finetuned"] <= 1.0

@@ -270,6 +270,16 @@ def variational_key(cfg: DictConfig) -> str:
     return "variational-" + _digest({"dense": dense_key(cfg), "layers": sorted(layers or ()), **recipe})
 
 
+def variational_lineage(cfg: DictConfig) -> str:
+    """Identity of a sparse VD fit *up to its length*: the dense model, the layers and the recipe less ``epochs``.
+    Nothing in a fit depends on how many epochs it will run, so fits of one lineage are prefixes of each other, and
+    a longer one continues the end state of a shorter one (bit for bit)."""
+    layers = cfg.pruning.get("layers")
+    recipe = dataclasses.asdict(variational_recipe(cfg))
+    del recipe["epochs"]
+    return "variational-lineage-" + _digest({"dense": dense_key(cfg), "layers": sorted(layers or ()), **recipe})
+
+
 def sensitivity_key(cfg: DictConfig) -> str:
     """Identity of a model's sensitivity curves: the dense model (its key covers the validation split they
     are measured on), what scores and groups its units, and the measuring grid."""

@@ -34,6 +34,7 @@ from prunesweep.config import (
     sensitivity_key,
     validate,
     variational_key,
+    variational_lineage,
     variational_recipe,
 )
 from prunesweep.distillation import Distillation
@@ -428,18 +429,18 @@ def _variational_trainer(
 ) -> Callable[[], None]:
     """The sparse VD training as a function of no arguments: per-epoch metrics logged, and a checkpoint after
     every epoch beside the dense model, so a stopped run resumes where it was (bit for bit) instead of starting
-    over; the checkpoint goes once the trained model is cached."""
+    over. The finished fit's state stays as ``<lineage>-e<epochs>.fit.pt``: a longer fit of the same lineage
+    starts from the longest such state (same numbers as training it from scratch, fewer epochs)."""
     recipe = variational_recipe(cfg)
-    partial = Path(cfg.paths.dense_cache) / f"{key}.partial.pt"
+    cache_dir = Path(cfg.paths.dense_cache)
+    partial = cache_dir / f"{key}.partial.pt"
+    lineage = variational_lineage(cfg)
     val_batches = datamodule.val_dataloader()
 
     def train() -> None:
         batches = datamodule.train_dataloader()
         fit = VariationalFit(model, wrappers, recipe, train_size=sum(len(y) for _, y in batches))
-        state = cache.load_verified(partial)
-        if state is not None:
-            fit.load_state_dict(state)
-            log.info("sparse VD model %s: resuming after epoch %d of %d", key, fit.epoch, recipe.epochs)
+        _resume_variational(fit, partial, cache_dir, lineage, point)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             metrics["val_acc"] = evaluate(model, val_batches)  # the paper's network: log α ≥ 3 weights zeroed
@@ -455,9 +456,38 @@ def _variational_trainer(
             cache.save_verified(fit.state_dict(), partial)
 
         fit.run(batches, on_epoch)
+        cache.save_verified(fit.state_dict(), cache_dir / f"{lineage}-e{recipe.epochs}.fit.pt")
         cache.discard(partial)
 
     return train
+
+
+def _resume_variational(fit: VariationalFit, partial: Path, cache_dir: Path, lineage: str, point: PointRun) -> None:
+    """Load into ``fit`` where it starts: its own checkpoint after a stop, else the end of the longest shorter
+    finished fit of its lineage (tag ``variational_continued_from``: that fit's epochs), else nothing."""
+    epochs = fit.recipe.epochs
+    if (state := cache.load_verified(partial)) is not None:
+        fit.load_state_dict(state)
+        log.info("sparse VD fit: resuming after epoch %d of %d", fit.epoch, epochs)
+        return
+    finished = _finished_variational_fits(cache_dir, lineage)
+    for done in sorted((e for e in finished if e < epochs), reverse=True):
+        if (state := cache.load_verified(finished[done])) is not None:
+            fit.load_state_dict(state)
+            point.set_tags({"variational_continued_from": done})
+            log.info("sparse VD fit: continuing the finished %d-epoch fit to %d epochs", done, epochs)
+            return
+
+
+def _finished_variational_fits(cache_dir: Path, lineage: str) -> dict[int, Path]:
+    """The end states of the finished fits of ``lineage`` in ``cache_dir``, by their epochs."""
+    prefix, suffix = f"{lineage}-e", ".fit.pt"
+    found = {}
+    for path in cache_dir.glob(f"{prefix}*{suffix}"):
+        epochs = path.name[len(prefix) : -len(suffix)]
+        if epochs.isdigit():
+            found[int(epochs)] = path
+    return found
 
 
 def _rewinder(

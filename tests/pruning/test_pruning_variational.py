@@ -141,6 +141,30 @@ def test_a_fit_stopped_and_resumed_ends_where_an_uninterrupted_one_does():
         assert torch.equal(a, b)
 
 
+def test_a_longer_fit_continued_from_a_shorter_ones_end_equals_training_it_from_scratch():
+    """Nothing in a fit depends on its total epochs (constant lr, KL annealed by steps): a 4-epoch fit started
+    from a finished 2-epoch fit's state is the 4-epoch fit, bit for bit."""
+    x, y = torch.randn(256, 8, generator=torch.Generator().manual_seed(1)), torch.randint(0, 2, (256,))
+
+    def fresh(epochs: int) -> tuple[nn.Module, VariationalFit]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 2))
+        recipe = VariationalRecipe(epochs=epochs, lr=0.01, anneal_epochs=3)  # annealing spans both fits
+        return model, VariationalFit(model, attach(model, ["0"]), recipe, train_size=256)
+
+    model, straight = fresh(4)
+    straight.run(InMemoryLoader(x, y, 64, shuffle=True, seed=3))
+    _, short = fresh(2)
+    short.run(InMemoryLoader(x, y, 64, shuffle=True, seed=3))
+    finished = copy.deepcopy(short.state_dict())
+    model_c, longer = fresh(4)
+    longer.load_state_dict(finished)
+    longer.run(InMemoryLoader(x, y, 64, shuffle=True, seed=3))
+    assert short.epoch == 2 and longer.epoch == straight.epoch == 4 and longer.step == straight.step
+    for a, b in zip(model.state_dict().values(), model_c.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_recipe_refuses_bad_settings_by_name():
     for bad, message in (({"epochs": 0}, "epochs"), ({"lr": 0.0}, "lr"), ({"anneal_epochs": -1}, "anneal_epochs")):
         with pytest.raises(ValueError, match=message):
