@@ -17,6 +17,7 @@ from prunesweep.config import (
     sensitivity_key,
     validate,
     variational_key,
+    variational_lineage,
 )
 from prunesweep.models import MODELS
 from prunesweep.pruning import count_params, count_weights
@@ -274,3 +275,21 @@ def test_pruning_variational_keeps_old_hashes_and_keys_its_trained_model(make_cf
     )
     with pytest.raises(ConfigError, match=r"pruning\.variational=.*lr must be > 0"):
         validate(make_cfg("pruning.variational.lr=0"))
+
+
+def test_variational_recipe_keys_added_later_keep_the_old_identities_at_their_old_values(make_cfg):
+    """train_clip and lr_decay came after the first sparse VD results: at false / constant a point's hash, its trained
+    model's key and its lineage are what they were without them; at the paper's values they are other ones. With a
+    constant lr a fit's length is out of its lineage (a longer fit continues a shorter one); with a decaying lr in."""
+    vd, longer = ("pruning.importance=variational", "pruning.variational.epochs=30"), "pruning.variational.epochs=40"
+    old = make_cfg(*vd, "~pruning.variational.train_clip", "~pruning.variational.lr_decay")
+    legacy = make_cfg(*vd, "pruning.variational.train_clip=false", "pruning.variational.lr_decay=constant")
+    assert (config_hash(legacy), variational_key(legacy)) == (config_hash(old), variational_key(old))
+    for paper in ("pruning.variational.train_clip=true", "pruning.variational.lr_decay=linear"):
+        assert config_hash(make_cfg(*vd, paper)) != config_hash(old)
+        assert variational_key(make_cfg(*vd, paper)) != variational_key(old)
+    assert variational_lineage(make_cfg(*vd, longer)) == variational_lineage(old)
+    decayed = "pruning.variational.lr_decay=linear"
+    assert variational_lineage(make_cfg(*vd, decayed, longer)) != variational_lineage(make_cfg(*vd, decayed))
+    with pytest.raises(ConfigError, match=r"lr_decay must be constant or linear"):
+        validate(make_cfg("pruning.variational.lr_decay=cosine"))

@@ -392,7 +392,11 @@ def test_variational_dropout_trains_once_and_every_target_is_met(make_cfg, tiny_
     assert client.get_run(longer["run_id"]).data.tags["variational_continued_from"] == "2"
     assert [m.step for m in history] == [2]  # only its third epoch was trained
     logged.append(client.get_run(longer["run_id"]).data)
-    for target, data in zip((0.9, 0.5, 0.9), logged, strict=True):
+    paper = ("pruning.variational.train_clip=true", "pruning.variational.lr_decay=linear")  # the paper's code
+    clipped = client.get_run(experiment.run(make_cfg(*common, *paper, "pruning.sparsity=0.9"))["run_id"]).data
+    assert clipped.tags["variational_cached"] == "False" and "variational_continued_from" not in clipped.tags
+    logged.append(clipped)
+    for target, data in zip((0.9, 0.5, 0.9, 0.9), logged, strict=True):
         metrics = data.metrics
         assert metrics["params/weights_nonzero"] == round((1 - target) * metrics["params/weights_total"])
         assert WELL_ABOVE_CHANCE < metrics["acc/finetuned"] <= 1.0

@@ -46,9 +46,20 @@ _HASHED_UNLESS_LEGACY = {
     # Not the default (true), but what every point before it computed: contiguous tensors.
     (None, "channels_last"): False,
     ("finetune", "distill"): dataclasses.asdict(Distillation()),
-    ("pruning", "variational"): dataclasses.asdict(VariationalRecipe()),
+    ("pruning", "variational"): None,  # its defaults, less _VARIATIONAL_LEGACY: set below
     (None, _PRECISION): _FULL_PRECISION,
 }
+# pruning.variational's keys added after its first results, at the values those results computed with: left out
+# of its identity (the point's hash, the trained model's key) while they hold them.
+_VARIATIONAL_LEGACY = {"train_clip": False, "lr_decay": "constant"}
+
+
+def _variational_identity(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` less the keys of ``_VARIATIONAL_LEGACY`` at their legacy values."""
+    return {k: v for k, v in recipe.items() if k not in _VARIATIONAL_LEGACY or _VARIATIONAL_LEGACY[k] != v}
+
+
+_HASHED_UNLESS_LEGACY["pruning", "variational"] = _variational_identity(dataclasses.asdict(VariationalRecipe()))
 
 
 class ConfigError(ValueError):
@@ -227,6 +238,8 @@ def config_hash(cfg: DictConfig) -> str:
     data = {k: v for k, v in plain(cfg).items() if k not in _NOT_IN_HASH}
     data["data"] = {k: v for k, v in data.get("data", {}).items() if k not in _DATA_KEYS_NOT_IN_HASH}
     data[_PRECISION] = _precision(cfg)
+    if isinstance(variational := data.get("pruning", {}).get("variational"), dict):
+        data["pruning"]["variational"] = _variational_identity(variational)
     return _digest(_without_legacy_values(data))
 
 
@@ -266,17 +279,19 @@ def variational_key(cfg: DictConfig) -> str:
     """Identity of the sparse-variational-dropout model trained from a dense one: the dense model, the layers
     it wraps and the recipe."""
     layers = cfg.pruning.get("layers")
-    recipe = dataclasses.asdict(variational_recipe(cfg))
+    recipe = _variational_identity(dataclasses.asdict(variational_recipe(cfg)))
     return "variational-" + _digest({"dense": dense_key(cfg), "layers": sorted(layers or ()), **recipe})
 
 
 def variational_lineage(cfg: DictConfig) -> str:
     """Identity of a sparse VD fit *up to its length*: the dense model, the layers and the recipe less ``epochs``.
-    Nothing in a fit depends on how many epochs it will run, so fits of one lineage are prefixes of each other, and
-    a longer one continues the end state of a shorter one (bit for bit)."""
+    With a constant lr nothing in a fit depends on how many epochs it will run, so fits of one lineage are prefixes
+    of each other, and a longer one continues the end state of a shorter one (bit for bit); an lr decayed to 0 at
+    the last epoch depends on them, and keeps them in its lineage."""
     layers = cfg.pruning.get("layers")
-    recipe = dataclasses.asdict(variational_recipe(cfg))
-    del recipe["epochs"]
+    recipe = _variational_identity(dataclasses.asdict(variational_recipe(cfg)))
+    if recipe.get("lr_decay", "constant") == "constant":
+        del recipe["epochs"]
     return "variational-lineage-" + _digest({"dense": dense_key(cfg), "layers": sorted(layers or ()), **recipe})
 
 

@@ -165,8 +165,49 @@ def test_a_longer_fit_continued_from_a_shorter_ones_end_equals_training_it_from_
         assert torch.equal(a, b)
 
 
+def test_train_clip_leaves_the_noisy_weights_out_of_the_training_forward():
+    """With train_clip the sampled output is that of the layer without its log α ≥ 3 weights, noise included, and
+    the data loss gives those weights no gradient; without it they still count."""
+    torch.manual_seed(0)
+    layer, x = nn.Linear(6, 3), torch.randn(16, 6)
+    noisy = torch.zeros_like(layer.weight, dtype=torch.bool)
+    noisy[:, :2] = True
+    clipped = VariationalLayer(copy.deepcopy(layer), train_clip=True)
+    with torch.no_grad():
+        signal_level = torch.full_like(layer.weight, -9.0)
+        clipped.log_sigma2.copy_(torch.where(noisy, 5 + torch.log(layer.weight**2), signal_level))  # log α = 5
+    without = copy.deepcopy(clipped)
+    with torch.no_grad():
+        without.layer.weight[noisy] = 0.0  # log α = 8 now: still cut
+    plain = copy.deepcopy(clipped)
+    plain.train_clip = False
+    outputs = []
+    for wrapper in (clipped, without, plain):
+        torch.manual_seed(1)
+        outputs.append(wrapper.train()(x))
+    assert torch.equal(outputs[0], outputs[1]) and not torch.allclose(outputs[0], outputs[2])
+    outputs[0].square().sum().backward()
+    assert torch.all(clipped.layer.weight.grad[noisy] == 0) and torch.all(clipped.layer.weight.grad[~noisy] != 0)
+
+
+def test_a_linear_lr_decay_sets_each_epochs_lr_and_reaches_its_last_step():
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    model = nn.Sequential(nn.Linear(4, 2))
+    recipe = VariationalRecipe(epochs=4, lr=0.01, lr_decay="linear")
+    fit = VariationalFit(model, attach(model, ["0"]), recipe, train_size=64)
+    seen = []
+    fit.run([(x, y)], on_epoch=lambda epoch, _: seen.append(fit.optimizer.param_groups[0]["lr"]))
+    assert seen == pytest.approx([0.01, 0.0075, 0.005, 0.0025])
+
+
 def test_recipe_refuses_bad_settings_by_name():
-    for bad, message in (({"epochs": 0}, "epochs"), ({"lr": 0.0}, "lr"), ({"anneal_epochs": -1}, "anneal_epochs")):
+    for bad, message in (
+        ({"epochs": 0}, "epochs"),
+        ({"lr": 0.0}, "lr"),
+        ({"anneal_epochs": -1}, "anneal_epochs"),
+        ({"train_clip": "yes"}, "train_clip"),
+        ({"lr_decay": "cosine"}, "lr_decay"),
+    ):
         with pytest.raises(ValueError, match=message):
             VariationalRecipe.from_mapping(bad)
     with pytest.raises(ValueError, match=r"unknown keys \['epoch'\]"):

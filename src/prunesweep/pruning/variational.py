@@ -43,10 +43,15 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 @dataclass(frozen=True)
 class VariationalRecipe:
     """``pruning.variational``: how sparse variational dropout trains from the dense model (Adam on θ and log σ²,
-    the KL term's weight rising from 0 to 1 over ``anneal_epochs``).
+    the KL term's weight rising from 0 to 1 over ``anneal_epochs``). ``train_clip``: the weights at
+    ``log α ≥ 3`` are left out of the training forward pass (the paper's code does this; the network then learns
+    without the weights its cut will remove). ``lr_decay``: ``constant``, or ``linear`` to 0 at the last epoch
+    (per epoch, as the paper's code).
 
     >>> VariationalRecipe.from_mapping({"epochs": 3})
-    VariationalRecipe(epochs=3, lr=0.001, anneal_epochs=5.0)
+    VariationalRecipe(epochs=3, lr=0.001, anneal_epochs=5.0, train_clip=False, lr_decay='constant')
+    >>> [round(VariationalRecipe(epochs=4, lr_decay="linear").lr_at(e), 6) for e in range(4)]
+    [0.001, 0.00075, 0.0005, 0.00025]
     >>> VariationalRecipe(epochs=0)
     Traceback (most recent call last):
     ...
@@ -56,6 +61,8 @@ class VariationalRecipe:
     epochs: int = 20
     lr: float = 1e-3
     anneal_epochs: float = 5.0
+    train_clip: bool = False
+    lr_decay: str = "constant"
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -64,6 +71,14 @@ class VariationalRecipe:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not self.anneal_epochs >= 0:
             raise ValueError(f"anneal_epochs must be >= 0, got {self.anneal_epochs!r}")
+        if not isinstance(self.train_clip, bool):
+            raise ValueError(f"train_clip must be true or false, got {self.train_clip!r}")
+        if self.lr_decay not in ("constant", "linear"):
+            raise ValueError(f"lr_decay must be constant or linear, got {self.lr_decay!r}")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (0-based)."""
+        return self.lr if self.lr_decay == "constant" else self.lr * (self.epochs - epoch) / self.epochs
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> VariationalRecipe:
@@ -71,7 +86,7 @@ class VariationalRecipe:
         values = dict(values or {})
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"unknown keys {unknown}; known: epochs, lr, anneal_epochs")
+            raise ValueError(f"unknown keys {unknown}; known: {', '.join(f.name for f in fields(cls))}")
         return cls(**values)
 
 
@@ -99,16 +114,21 @@ class VariationalLayer(nn.Module):
     """A ``Conv2d`` or ``Linear`` with a learned per-weight noise variance.
 
     In training mode the output is sampled by the local reparameterisation trick: mean ``f(x, θ)``, variance
-    ``f(x², σ²)``, one Gaussian draw per output. In eval mode it is deterministic, with the weights whose
-    ``log α ≥ LOG_ALPHA_PRUNE`` set to zero (the paper's sparse network).
+    ``f(x², σ²)``, one Gaussian draw per output; with ``train_clip`` the weights at ``log α ≥ LOG_ALPHA_PRUNE``
+    are left out of both, and the variance is ``f(x², α θ²)`` with the clipped α (the paper's code). In eval mode
+    it is deterministic, with the weights whose ``log α ≥ LOG_ALPHA_PRUNE`` set to zero (the paper's sparse
+    network).
     """
 
-    def __init__(self, layer: nn.Conv2d | nn.Linear, init_log_sigma2: float = INITIAL_LOG_SIGMA2) -> None:
+    def __init__(
+        self, layer: nn.Conv2d | nn.Linear, init_log_sigma2: float = INITIAL_LOG_SIGMA2, train_clip: bool = False
+    ) -> None:
         super().__init__()
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
             raise TypeError(f"variational dropout wraps Conv2d or Linear layers, not {type(layer).__name__}")
         self.layer = layer
         self.log_sigma2 = nn.Parameter(torch.full_like(layer.weight, init_log_sigma2))
+        self.train_clip = train_clip
 
     def log_alpha(self) -> torch.Tensor:
         return log_alpha(self.layer.weight, self.log_sigma2)
@@ -122,17 +142,24 @@ class VariationalLayer(nn.Module):
         weight = self.layer.weight
         if not self.training:
             return self._apply_op(x, weight * (self.log_alpha() < LOG_ALPHA_PRUNE), self.layer.bias)
+        if self.train_clip:
+            log_alphas = self.log_alpha()
+            weight = weight * (log_alphas < LOG_ALPHA_PRUNE)
+            noise_variance = torch.exp(log_alphas) * weight * weight
+        else:
+            noise_variance = torch.exp(self.log_sigma2)
         mean = self._apply_op(x, weight, self.layer.bias)
-        variance = self._apply_op(x * x, torch.exp(self.log_sigma2), None)
+        variance = self._apply_op(x * x, noise_variance, None)
         return mean + torch.sqrt(variance + 1e-8) * torch.randn_like(mean)
 
 
-def attach(model: nn.Module, layers: Sequence[str]) -> dict[str, VariationalLayer]:
+def attach(model: nn.Module, layers: Sequence[str], train_clip: bool = False) -> dict[str, VariationalLayer]:
     """Wrap each named layer of ``model`` in place; the wrappers by name (θ stays the layer's own Parameter)."""
     wrappers = {}
     for name in layers:
         parent, child = _parent_of(model, name)
-        wrapper = VariationalLayer(parent.get_submodule(child)).to(next(model.parameters()).device)
+        wrapper = VariationalLayer(parent.get_submodule(child), train_clip=train_clip)
+        wrapper = wrapper.to(next(model.parameters()).device)
         setattr(parent, child, wrapper)
         wrappers[name] = wrapper
     return wrappers
@@ -200,6 +227,8 @@ class VariationalFit:
         if self.loader_pass is not None and hasattr(batches, "set_epoch"):
             batches.set_epoch(self.loader_pass)  # resumed: the next epoch sees the order it would have seen
         while self.epoch < self.recipe.epochs:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.recipe.lr_at(self.epoch)
             metrics = self._epoch(batches)
             self.epoch += 1
             self.loader_pass = getattr(batches, "epoch", None)
