@@ -188,6 +188,9 @@ def test_train_clip_leaves_the_noisy_weights_out_of_the_training_forward():
     assert torch.equal(outputs[0], outputs[1]) and not torch.allclose(outputs[0], outputs[2])
     outputs[0].square().sum().backward()
     assert torch.all(clipped.layer.weight.grad[noisy] == 0) and torch.all(clipped.layer.weight.grad[~noisy] != 0)
+    model, kept = nn.Sequential(clipped), clipped.layer.weight[~noisy].clone()
+    detach(model, {"0": clipped})  # the network the fit trained: without its noisy weights
+    assert torch.all(model[0].weight[noisy] == 0) and torch.equal(model[0].weight[~noisy], kept)
 
 
 def test_a_linear_lr_decay_sets_each_epochs_lr_and_reaches_its_last_step():

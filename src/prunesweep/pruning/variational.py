@@ -166,8 +166,13 @@ def attach(model: nn.Module, layers: Sequence[str], train_clip: bool = False) ->
 
 
 def detach(model: nn.Module, wrappers: Mapping[str, VariationalLayer]) -> None:
-    """Put the original layers back (holding the trained θ)."""
+    """Put the original layers back (holding the trained θ). A ``train_clip`` layer comes back without its
+    weights at ``log α ≥ LOG_ALPHA_PRUNE``: its fit trained the network without them, and their θ, moved by the KL
+    term alone, were never checked by a forward pass (left in, they break the network)."""
     for name, wrapper in wrappers.items():
+        if wrapper.train_clip:
+            with torch.no_grad():
+                wrapper.layer.weight.mul_(wrapper.log_alpha() < LOG_ALPHA_PRUNE)
         parent, child = _parent_of(model, name)
         setattr(parent, child, wrapper.layer)
 
