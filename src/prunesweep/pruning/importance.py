@@ -387,7 +387,7 @@ class Variational(Importance):
     """``−log α`` of sparse variational dropout (Molchanov et al. 2017): a weight whose learned noise outweighs it
     goes first. ``log_sigma2`` (per layer, weight-shaped) comes from :func:`.variational.fit_variational` on the
     same model; prunesweep trains it from the dense model when ``pruning.importance=variational``
-    (``pruning.variational``: epochs, lr, anneal_epochs).
+    (``pruning.variational``: epochs, lr, anneal_epochs, train_clip, lr_decay).
 
     >>> from torch import nn
     >>> from prunesweep.pruning.units import Unstructured
