@@ -38,17 +38,6 @@ _PRECISION = "trainer_precision"
 _FULL_PRECISION = "32-true"
 _PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}  # Lightning's
 _DATA_KEYS_NOT_IN_HASH = ("root", "sources", "eval_batch_size", "_target_")
-# Keys left out of the hash while they hold the value that points before them computed with: added after sweeps
-# had finished points, and at that value they compute what those points computed (the rebuilt model fine-tunes
-# exactly like the masked one, as tests/pruning/test_pruning_rebuilt_training.py shows). Mostly the default.
-_HASHED_UNLESS_LEGACY = {
-    ("finetune", "rebuilt"): True,
-    # Not the default (true), but what every point before it computed: contiguous tensors.
-    (None, "channels_last"): False,
-    ("finetune", "distill"): dataclasses.asdict(Distillation()),
-    ("pruning", "variational"): None,  # its defaults, less _VARIATIONAL_LEGACY: set below
-    (None, _PRECISION): _FULL_PRECISION,
-}
 # pruning.variational's keys added after its first results, at the values those results computed with: left out
 # of its identity (the point's hash, the trained model's key) while they hold them.
 _VARIATIONAL_LEGACY = {"train_clip": False, "lr_decay": "constant"}
@@ -59,7 +48,17 @@ def _variational_identity(recipe: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recipe.items() if k not in _VARIATIONAL_LEGACY or _VARIATIONAL_LEGACY[k] != v}
 
 
-_HASHED_UNLESS_LEGACY["pruning", "variational"] = _variational_identity(dataclasses.asdict(VariationalRecipe()))
+# Keys left out of the hash while they hold the value that points before them computed with: added after sweeps
+# had finished points, and at that value they compute what those points computed (the rebuilt model fine-tunes
+# exactly like the masked one, as tests/pruning/test_pruning_rebuilt_training.py shows). Mostly the default.
+_HASHED_UNLESS_LEGACY = {
+    ("finetune", "rebuilt"): True,
+    # Not the default (true), but what every point before it computed: contiguous tensors.
+    (None, "channels_last"): False,
+    ("finetune", "distill"): dataclasses.asdict(Distillation()),
+    ("pruning", "variational"): _variational_identity(dataclasses.asdict(VariationalRecipe())),
+    (None, _PRECISION): _FULL_PRECISION,
+}
 
 
 class ConfigError(ValueError):
@@ -278,9 +277,7 @@ def dense_key(cfg: DictConfig) -> str:
 def variational_key(cfg: DictConfig) -> str:
     """Identity of the sparse-variational-dropout model trained from a dense one: the dense model, the layers
     it wraps and the recipe."""
-    layers = cfg.pruning.get("layers")
-    recipe = _variational_identity(dataclasses.asdict(variational_recipe(cfg)))
-    return "variational-" + _digest({"dense": dense_key(cfg), "layers": sorted(layers or ()), **recipe})
+    return "variational-" + _variational_digest(cfg, with_epochs=True)
 
 
 def variational_lineage(cfg: DictConfig) -> str:
@@ -288,11 +285,15 @@ def variational_lineage(cfg: DictConfig) -> str:
     With a constant lr nothing in a fit depends on how many epochs it will run, so fits of one lineage are prefixes
     of each other, and a longer one continues the end state of a shorter one (bit for bit); an lr decayed to 0 at
     the last epoch depends on them, and keeps them in its lineage."""
-    layers = cfg.pruning.get("layers")
+    return "variational-lineage-" + _variational_digest(cfg, with_epochs=not variational_recipe(cfg).continuable)
+
+
+def _variational_digest(cfg: DictConfig, with_epochs: bool) -> str:
+    """The dense model, the wrapped layers and the recipe (``epochs`` only when asked)."""
     recipe = _variational_identity(dataclasses.asdict(variational_recipe(cfg)))
-    if recipe.get("lr_decay", "constant") == "constant":
+    if not with_epochs:
         del recipe["epochs"]
-    return "variational-lineage-" + _digest({"dense": dense_key(cfg), "layers": sorted(layers or ()), **recipe})
+    return _digest({"dense": dense_key(cfg), "layers": sorted(cfg.pruning.get("layers") or ()), **recipe})
 
 
 def sensitivity_key(cfg: DictConfig) -> str:

@@ -429,8 +429,9 @@ def _variational_trainer(
 ) -> Callable[[], None]:
     """The sparse VD training as a function of no arguments: per-epoch metrics logged, and a checkpoint after
     every epoch beside the dense model, so a stopped run resumes where it was (bit for bit) instead of starting
-    over. The finished fit's state stays as ``<lineage>-e<epochs>.fit.pt``: a longer fit of the same lineage
-    starts from the longest such state (same numbers as training it from scratch, fewer epochs)."""
+    over. A finished continuable fit (constant lr) keeps its state as ``<lineage>-e<epochs>.fit.pt``: a longer fit
+    of the same lineage starts from the longest such state (same numbers as training it from scratch, fewer
+    epochs)."""
     recipe = variational_recipe(cfg)
     cache_dir = Path(cfg.paths.dense_cache)
     partial = cache_dir / f"{key}.partial.pt"
@@ -456,7 +457,8 @@ def _variational_trainer(
             cache.save_verified(fit.state_dict(), partial)
 
         fit.run(batches, on_epoch)
-        cache.save_verified(fit.state_dict(), cache_dir / f"{lineage}-e{recipe.epochs}.fit.pt")
+        if recipe.continuable:  # nothing else could start from it
+            cache.save_verified(fit.state_dict(), cache_dir / f"{lineage}-e{recipe.epochs}.fit.pt")
         cache.discard(partial)
 
     return train

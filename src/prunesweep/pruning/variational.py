@@ -76,6 +76,12 @@ class VariationalRecipe:
         if self.lr_decay not in ("constant", "linear"):
             raise ValueError(f"lr_decay must be constant or linear, got {self.lr_decay!r}")
 
+    @property
+    def continuable(self) -> bool:
+        """Whether a longer fit may continue this one's end state: nothing in it depends on its length (a constant
+        lr; the KL annealing counts steps, not the share of the fit)."""
+        return self.lr_decay == "constant"
+
     def lr_at(self, epoch: int) -> float:
         """The learning rate of epoch ``epoch`` (0-based)."""
         return self.lr if self.lr_decay == "constant" else self.lr * (self.epochs - epoch) / self.epochs
