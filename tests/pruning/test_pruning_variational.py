@@ -109,19 +109,21 @@ def test_training_finds_the_weights_that_carry_nothing():
         assert float((model(x).argmax(1) == y).float().mean()) > 0.95
 
 
+def _fresh_fit(recipe: VariationalRecipe) -> tuple[nn.Module, VariationalFit]:
+    """The same 8-to-2 linear model each call, wrapped, with a fit of ``recipe`` on 256 examples."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 2))
+    return model, VariationalFit(model, attach(model, ["0"]), recipe, train_size=256)
+
+
 def test_a_fit_stopped_and_resumed_ends_where_an_uninterrupted_one_does():
     """Weights, noise, optimizer, epoch and random state in the checkpoint; the loader replays each epoch's order."""
     x, y = torch.randn(256, 8, generator=torch.Generator().manual_seed(1)), torch.randint(0, 2, (256,))
     recipe = VariationalRecipe(epochs=4, lr=0.01, anneal_epochs=1)
 
-    def fresh() -> tuple[nn.Module, VariationalFit]:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 2))
-        return model, VariationalFit(model, attach(model, ["0"]), recipe, train_size=256)
-
-    model, straight = fresh()
+    model, straight = _fresh_fit(recipe)
     straight.run(InMemoryLoader(x, y, 64, shuffle=True, seed=3))
-    _, first = fresh()
+    _, first = _fresh_fit(recipe)
     stopped = []
 
     def stop_after_two(epoch: int, metrics: dict[str, float]) -> None:
@@ -133,7 +135,7 @@ def test_a_fit_stopped_and_resumed_ends_where_an_uninterrupted_one_does():
         first.run(InMemoryLoader(x, y, 64, shuffle=True, seed=3), stop_after_two)
     checkpoint = copy.deepcopy(first.state_dict())
     torch.manual_seed(123)  # whatever ran in between
-    model_c, resumed = fresh()
+    model_c, resumed = _fresh_fit(recipe)
     resumed.load_state_dict(checkpoint)
     resumed.run(InMemoryLoader(x, y, 64, shuffle=True, seed=3))
     assert stopped == [0, 1] and resumed.epoch == straight.epoch == 4 and resumed.step == straight.step
@@ -147,10 +149,7 @@ def test_a_longer_fit_continued_from_a_shorter_ones_end_equals_training_it_from_
     x, y = torch.randn(256, 8, generator=torch.Generator().manual_seed(1)), torch.randint(0, 2, (256,))
 
     def fresh(epochs: int) -> tuple[nn.Module, VariationalFit]:
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 2))
-        recipe = VariationalRecipe(epochs=epochs, lr=0.01, anneal_epochs=3)  # annealing spans both fits
-        return model, VariationalFit(model, attach(model, ["0"]), recipe, train_size=256)
+        return _fresh_fit(VariationalRecipe(epochs=epochs, lr=0.01, anneal_epochs=3))  # annealing spans both fits
 
     model, straight = fresh(4)
     straight.run(InMemoryLoader(x, y, 64, shuffle=True, seed=3))
