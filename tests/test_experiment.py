@@ -45,19 +45,8 @@ def shared_dense(tmp_path_factory) -> str:
     return f"paths.dense_cache={tmp_path_factory.mktemp('dense')}"
 
 
-def test_seed_pipeline_logs_everything_and_holds_masks(make_cfg, tiny_overrides, store_uri, tmp_path, shared_dense):
-    cfg = make_cfg(*tiny_overrides, "+experiment=seed_lenet5", *TRAINED, shared_dense, "finetune.epochs=2")
-    result = experiment.run(cfg)
-    assert result["status"] == "finished"
-
-    client, run = _only_run(store_uri)
-    assert run.info.status == "FINISHED"
-    assert run.info.run_name == "unstructured-layerwise-s0.50-seed0"
-    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-    assert params["pruning.sparsity"] == "0.5" and params["train.lr"] == "0.01" and params["finetune.lr"] == "0.001"
-    assert tags["granularity"] == "unstructured" and tags["threshold"] == "layerwise" and tags["config_hash"]
-
-    # 50% of every layer's weights; biases (580 of them) are kept and counted in the total
+def _assert_half_of_each_layer_pruned(metrics: dict[str, float]) -> None:
+    """50 % of every LeNet-5 layer's weights pruned; its 580 biases kept and counted in the total."""
     assert metrics["params/total"] == 431_080
     pruned_weights = sum(round(0.5 * n) for n in (500, 25_000, 400_000, 5_000))
     assert metrics["params/nonzero"] == 431_080 - pruned_weights
@@ -74,6 +63,21 @@ def test_seed_pipeline_logs_everything_and_holds_masks(make_cfg, tiny_overrides,
         ("fc2", 5_000, 10),
     ):
         assert metrics[f"sparsity/{layer}"] == pytest.approx(round(0.5 * weights) / (weights + biases))
+
+
+def test_seed_pipeline_logs_everything_and_holds_masks(make_cfg, tiny_overrides, store_uri, tmp_path, shared_dense):
+    cfg = make_cfg(*tiny_overrides, "+experiment=seed_lenet5", *TRAINED, shared_dense, "finetune.epochs=2")
+    result = experiment.run(cfg)
+    assert result["status"] == "finished"
+
+    client, run = _only_run(store_uri)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "unstructured-layerwise-s0.50-seed0"
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert params["pruning.sparsity"] == "0.5" and params["train.lr"] == "0.01" and params["finetune.lr"] == "0.001"
+    assert tags["granularity"] == "unstructured" and tags["threshold"] == "layerwise" and tags["config_hash"]
+
+    _assert_half_of_each_layer_pruned(metrics)
     for key in ("acc/dense", "acc/pruned", "acc/finetuned"):
         assert WELL_ABOVE_CHANCE < metrics[key] <= 1.0, key
     assert metrics["finetune/steps"] == 2 * 4096 // 256

@@ -181,14 +181,7 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     log.info("dense test accuracy %.4f", acc["dense"])
 
     spec = pruning_spec(cfg)
-    # One threshold object for every step of a schedule: one that measures the model (sensitivity) does so
-    # once, on the validation split, before any weight is pruned.
-    threshold = make_threshold(spec)
-    timer: dict[str, float] = {"finetune_s": 0.0}
-    # Distillation's teacher: the point's own dense model, a copy (the trainer may move it to the device).
-    teacher = copy.deepcopy(dense) if Distillation.from_recipe(cfg.finetune).enabled else None
-    job = _schedule_job(cfg, spec, threshold, model, datamodule, point, timer, teacher)
-    result = SCHEDULES[str(cfg.pruning.schedule)](job)
+    result, threshold, timer = _run_schedule(cfg, spec, model, dense, datamodule, point)
     finetuned = model if result.model is None else result.model  # what was fine-tuned: rebuilt, or masked
     acc["pruned"] = result.acc_pruned
     acc["finetuned"] = evaluate(finetuned, test_batches)
@@ -216,6 +209,25 @@ def _pipeline(cfg: DictConfig, point: PointRun) -> dict[str, float]:
     metrics["time/point_s"] = time.perf_counter() - started
     point.log_metrics({k: metrics[k] for k in ("time/point_s", "time/export_s")})
     return metrics
+
+
+def _run_schedule(
+    cfg: DictConfig,
+    spec: PruningSpec,
+    model: nn.Module,
+    dense: nn.Module,
+    datamodule: pl.LightningDataModule,
+    point: PointRun,
+) -> tuple[ScheduleResult, Threshold, dict[str, float]]:
+    """``cfg.pruning.schedule`` run on ``model``: its result, the threshold it used, and its fine-tune time."""
+    # One threshold object for every step of a schedule: one that measures the model (sensitivity) does so
+    # once, on the validation split, before any weight is pruned.
+    threshold = make_threshold(spec)
+    timer: dict[str, float] = {"finetune_s": 0.0}
+    # Distillation's teacher: the point's own dense model, a copy (the trainer may move it to the device).
+    teacher = copy.deepcopy(dense) if Distillation.from_recipe(cfg.finetune).enabled else None
+    job = _schedule_job(cfg, spec, threshold, model, datamodule, point, timer, teacher)
+    return SCHEDULES[str(cfg.pruning.schedule)](job), threshold, timer
 
 
 def _schedule_job(

@@ -89,6 +89,17 @@ def weights_before_after(before: torch.Tensor, after: torch.Tensor, layer: str, 
     return fig
 
 
+def _seed_means(group: pd.DataFrame, x: str) -> pd.DataFrame:
+    """One row per target of one series: mean ``x``, fine-tuned accuracy (mean, std) and pruned accuracy."""
+    stats = group.groupby("sparsity_target").agg(
+        x=(x, "mean"),
+        fine=("acc_finetuned", "mean"),
+        fine_std=("acc_finetuned", "std"),
+        pruned=("acc_pruned", "mean"),
+    )
+    return stats.sort_values("x")
+
+
 def accuracy_vs(
     points: pd.DataFrame,
     x: str,
@@ -107,16 +118,7 @@ def accuracy_vs(
     colors = plt.get_cmap("tab10")
     for i, (key, group) in enumerate(points.groupby(list(series), sort=True)):
         label = "/".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-        stats = (
-            group.groupby("sparsity_target")
-            .agg(
-                x=(x, "mean"),
-                fine=("acc_finetuned", "mean"),
-                fine_std=("acc_finetuned", "std"),
-                pruned=("acc_pruned", "mean"),
-            )
-            .sort_values("x")
-        )
+        stats = _seed_means(group, x)
         color = colors(i % 10)
         band = stats["fine_std"].fillna(0.0)
         for ax in (full, zoom):

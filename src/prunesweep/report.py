@@ -223,20 +223,34 @@ def log_sweep_report(
     by_target = aggregate(points)
     client.log_text(parent_run_id, by_target.to_csv(index=False), "report/by_target.csv")
 
+    _log_figures(client, parent_run_id, finished, out_dir)
+    if out_dir is not None:
+        for name, frame in (("points", points), ("summary", table), ("by_target", by_target)):
+            frame.to_csv(Path(out_dir) / f"{name}.csv", index=False)
+    metrics = unlogged(client, parent_run_id, _curve_metrics(finished, table))
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(parent_run_id, metrics=metrics[start : start + 1000])
+    client.set_tag(parent_run_id, "sweep.summary", summary)
+    client.set_tag(parent_run_id, "mlflow.note.content", describe_sweep(client, parent_run_id, summary, table))
+    return summary
+
+
+def _log_figures(client: MlflowClient, parent_run_id: str, finished: pd.DataFrame, out_dir: str | Path | None) -> None:
+    """Accuracy against compression (and against FLOPs reduction, where counted) to the run and ``out_dir``."""
     figures = {"acc_vs_sparsity.png": _figure(finished, "compression", "compression: parameters dense / remaining")}
     if finished["flops_ratio"].notna().any():
         figures["acc_vs_flops.png"] = _figure(finished, "flops_ratio", "FLOPs reduction: dense / remaining")
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
         client.log_figure(parent_run_id, fig, name)
         if out_dir is not None:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
             fig.savefig(Path(out_dir) / name, dpi=120)
         plt.close(fig)
-    if out_dir is not None:
-        points.to_csv(Path(out_dir) / "points.csv", index=False)
-        table.to_csv(Path(out_dir) / "summary.csv", index=False)
-        by_target.to_csv(Path(out_dir) / "by_target.csv", index=False)
 
+
+def _curve_metrics(finished: pd.DataFrame, table: pd.DataFrame) -> list[Metric]:
+    """Each series' curve (step = 1000 × target sparsity) and its summary, as parent-run metrics."""
     metrics = []
     now = int(time.time() * 1000)
     for key, group in finished.groupby(series_columns(finished)):
@@ -253,12 +267,7 @@ def log_sweep_report(
             Metric(f"summary/{series}/max_sparsity_within_{tol}", row[f"max_sparsity_within_{tol}"], now, 0)
             for tol in TOLERANCES
         ]
-    metrics = unlogged(client, parent_run_id, metrics)
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(parent_run_id, metrics=metrics[start : start + 1000])
-    client.set_tag(parent_run_id, "sweep.summary", summary)
-    client.set_tag(parent_run_id, "mlflow.note.content", describe_sweep(client, parent_run_id, summary, table))
-    return summary
+    return metrics
 
 
 def describe_sweep(client: MlflowClient, parent_run_id: str, summary: str, table: pd.DataFrame) -> str:

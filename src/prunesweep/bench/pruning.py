@@ -113,8 +113,10 @@ def pruning_overhead(
     return result
 
 
-def channel_speedup(sparsities: Sequence[float], batch_sizes: Sequence[int], rounds: int, inner: int = 10) -> Result:
-    """CPU latency of the rebuilt (physically smaller) LeNet-5 vs dense, next to flops_dense / flops_remaining."""
+def _rebuilt_lenet5s(
+    sparsities: Sequence[float],
+) -> tuple[dict[str, nn.Module], dict[float, float], dict[float, str]]:
+    """The dense LeNet-5 and its channel-pruned rebuilds by name, their MACs ratios and widths by sparsity."""
     dense = seeded_lenet5()
     models: dict[str, nn.Module] = {"dense": dense}
     theoretical: dict[float, float] = {}
@@ -130,7 +132,12 @@ def channel_speedup(sparsities: Sequence[float], batch_sizes: Sequence[int], rou
             for m in compact.modules()
             if isinstance(m, (nn.Conv2d, nn.Linear))
         )
+    return models, theoretical, archs
 
+
+def channel_speedup(sparsities: Sequence[float], batch_sizes: Sequence[int], rounds: int, inner: int = 10) -> Result:
+    """CPU latency of the rebuilt (physically smaller) LeNet-5 vs dense, next to flops_dense / flops_remaining."""
+    models, theoretical, archs = _rebuilt_lenet5s(sparsities)
     result = Result("channel")
     measured: dict[int, dict[float, float]] = {}
     for batch in batch_sizes:
@@ -239,6 +246,31 @@ def _call_ms(fn: Callable[[], object], inner: int) -> float:
     return statistics.median(times)
 
 
+def _pruned_and_csr(
+    base: nn.Module, sparsity: float, result: Result, csr_sizes: list[int]
+) -> tuple[nn.Module, nn.Module]:
+    """``base`` magnitude-pruned to ``sparsity`` (zeros in place) and its CSR copy; their sizes go to ``result``."""
+    key = f"s{sparsity:.2f}"
+    masked = clone_model(base)
+    apply_masks(masked, compute_masks(masked, PruningSpec(sparsity, "unstructured", "l1", "layerwise")))
+    plain = LeNet5().eval()
+    plain.load_state_dict(export_state_dict(masked))  # zeros in place, no mask hooks
+    _, sizes = sparse_export(plain)
+    csr_sizes.append(sizes["csr_bytes"])
+    for name in ("dense_bytes", "csr_bytes", "compressed_bytes"):
+        result.metrics[f"unstructured/{key}/{name}"] = sizes[name]
+    result.add(
+        f"s={sparsity:.2f} bytes: dense | CSR | gzip file",
+        f"{sizes['dense_bytes']:,} | {sizes['csr_bytes']:,} | {sizes['compressed_bytes']:,}",
+    )
+    sparse = csr_model(plain)
+    with torch.inference_mode():
+        probe = torch.randn(8, 1, 28, 28)
+        diff = float((sparse(probe) - plain(probe)).abs().max())
+    result.metrics[f"unstructured/{key}/csr_max_abs_diff"] = diff
+    return plain, sparse
+
+
 def unstructured_storage(sparsities: Sequence[float], rounds: int, inner: int = 10) -> Result:
     """Bytes (dense float32, CSR, gzip'd file) and dense vs CSR latency of magnitude-pruned LeNet-5 weights."""
     base = seeded_lenet5()
@@ -248,23 +280,7 @@ def unstructured_storage(sparsities: Sequence[float], rounds: int, inner: int = 
     x1, x256 = torch.randn(1, 800), torch.randn(256, 800)
     for sparsity in sparsities:
         key = f"s{sparsity:.2f}"
-        masked = clone_model(base)
-        apply_masks(masked, compute_masks(masked, PruningSpec(sparsity, "unstructured", "l1", "layerwise")))
-        plain = LeNet5().eval()
-        plain.load_state_dict(export_state_dict(masked))  # zeros in place, no mask hooks
-        _, sizes = sparse_export(plain)
-        csr_sizes.append(sizes["csr_bytes"])
-        for name in ("dense_bytes", "csr_bytes", "compressed_bytes"):
-            result.metrics[f"unstructured/{key}/{name}"] = sizes[name]
-        result.add(
-            f"s={sparsity:.2f} bytes: dense | CSR | gzip file",
-            f"{sizes['dense_bytes']:,} | {sizes['csr_bytes']:,} | {sizes['compressed_bytes']:,}",
-        )
-        sparse = csr_model(plain)
-        with torch.inference_mode():
-            probe = torch.randn(8, 1, 28, 28)
-            diff = float((sparse(probe) - plain(probe)).abs().max())
-        result.metrics[f"unstructured/{key}/csr_max_abs_diff"] = diff
+        plain, sparse = _pruned_and_csr(base, sparsity, result, csr_sizes)
         fc1 = plain.fc1
         fc1_csr = sparse.fc1
         cases[f"{key}/fc1_dense_b1"] = partial(_call_ms, partial(fc1, x1), inner)
