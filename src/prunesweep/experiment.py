@@ -427,8 +427,10 @@ def _variational(
     point.set_tags({"variational_cached": not trained})
     point.log_metrics({"variational/noise_share": noise_share(wrappers)})
     log_sigma2 = {name: wrapper.log_sigma2.detach().clone() for name, wrapper in wrappers.items()}
+    # unclipped: nearly every weight a train_clip fit drops is past the training's clip, where they would tie
+    fitted = {name: wrapper.log_alpha(clip=False).detach().clone() for name, wrapper in wrappers.items()}
     detach(model, wrappers)
-    return Variational(log_sigma2)
+    return Variational(log_sigma2, fitted)  # the fit's log α ranks the weights its detach zeroed
 
 
 def _variational_trainer(

@@ -236,3 +236,29 @@ def test_importance_prunes_the_noisiest_weights_to_the_exact_target():
     with pytest.raises(PruningConfigError, match="one noise level per weight"):
         validate_spec(PruningSpec(sparsity=0.5, importance="variational", granularity="channel"), model)
     assert Variational.accepts(Unstructured)
+
+
+def test_a_cut_looser_than_the_train_clip_network_keeps_the_zeros_its_fit_found_least_noisy():
+    # A train_clip network sparser than the target: the cut must keep some of the weights detach zeroed. Scored
+    # as they are now, every zero ties at the clip and the first in memory order would be kept; ranked by the
+    # log α their fit ended with, the least noisy are.
+    torch.manual_seed(0)
+    layer = nn.Linear(50, 4)
+    wrappers = attach(nn.Sequential(layer), ["0"], train_clip=True)
+    with torch.no_grad():
+        wrappers["0"].log_sigma2.copy_(torch.log(layer.weight.pow(2)) + torch.linspace(-4.0, 20.0, 200).view(4, 50))
+    fitted = wrappers["0"].log_alpha(clip=False).detach().clone()
+    model = nn.Sequential(wrappers["0"])
+    noise = {"0": wrappers["0"].log_sigma2.detach().clone()}
+    detach(model, wrappers)
+    zeroed = layer.weight == 0
+    assert int(zeroed.sum()) == int((fitted >= 3).sum()) > 0
+    assert int(((fitted >= 3) & (fitted < 8)).sum()) < 60  # most zeros lie past the training clip (log α 8)
+    keep = int((~zeroed).sum()) + 60
+    spec = PruningSpec(sparsity=1 - keep / 200, importance="variational", threshold="global", layers=("0",))
+    mask = compute_masks(model, spec, importance=Variational(noise, {"0": fitted})).masks["0"]["weight"].bool()
+    assert int(mask.sum()) == keep and bool(mask[~zeroed].all())
+    kept_zeros = fitted[mask & zeroed]
+    assert kept_zeros.max() < fitted[~mask].min()  # the least noisy zeros, none noisier than one left out
+    tied = compute_masks(model, spec, importance=Variational(noise)).masks["0"]["weight"].bool()
+    assert not torch.equal(tied, mask)  # without the fit's log α, the ties choose others

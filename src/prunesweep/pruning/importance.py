@@ -397,13 +397,31 @@ class Variational(Importance):
     >>> scores = Variational({"0": torch.tensor([[0.0, -4.0]])}).score(model, ["0"], Unstructured())
     >>> int(scores["0"].argmax())  # same magnitude, less noise: the second weight is kept first
     1
+
+    A weight at zero has the largest log α, whatever its noise: every zero ties, and a cut that keeps some of
+    them keeps the first in memory order (for LeNet-300-100, fc1's weights from the image's blank top-left
+    pixels, which never get a gradient). ``fitted_log_alpha`` (the log α each weight had when its fit ended,
+    unclipped, before a ``train_clip`` fit's :func:`.variational.detach` zeroed the noisiest) ranks the zeros
+    instead, the least noisy first; the weights that are not zero are scored as they are now:
+
+    >>> with torch.no_grad():
+    ...     _ = model[0].weight.copy_(torch.tensor([[0.0, 0.0]]))
+    >>> fitted = {"0": torch.tensor([[5.0, 3.5]])}
+    >>> ranked = Variational({"0": torch.zeros(1, 2)}, fitted).score(model, ["0"], Unstructured())["0"]
+    >>> ranked.tolist()  # the second zero was less noisy when its fit ended: it is kept first
+    [[-5.0, -3.5]]
     """
 
     why_restricted = "variational dropout learns one noise level per weight"
     trained_from_dense = True
 
-    def __init__(self, log_sigma2: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        log_sigma2: Mapping[str, torch.Tensor] | None = None,
+        fitted_log_alpha: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         self.log_sigma2 = dict(log_sigma2 or {})
+        self.fitted_log_alpha = dict(fitted_log_alpha or {})
 
     @classmethod
     def accepts(cls, granularity: type[Granularity]) -> bool:
@@ -416,7 +434,10 @@ class Variational(Importance):
                 f"pruning.importance=variational has no trained noise for {missing}: train it with "
                 "prunesweep.pruning.variational.fit_variational (prunesweep does, from pruning.variational)"
             )
-        return {
-            layer: -log_alpha(effective_param(model.get_submodule(layer), "weight").detach(), self.log_sigma2[layer])
-            for layer in layer_names
-        }
+        return {layer: -self._log_alpha(model, layer) for layer in layer_names}
+
+    def _log_alpha(self, model: nn.Module, layer: str) -> torch.Tensor:
+        weight = effective_param(model.get_submodule(layer), "weight").detach()
+        now = log_alpha(weight, self.log_sigma2[layer])
+        fitted = self.fitted_log_alpha.get(layer)
+        return now if fitted is None else torch.where(weight == 0, fitted.to(now.device), now)

@@ -96,13 +96,16 @@ class VariationalRecipe:
         return cls(**values)
 
 
-def log_alpha(weight: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
-    """``log σ² − log θ²``, clipped to ±``LOG_ALPHA_CLIP``.
+def log_alpha(weight: torch.Tensor, log_sigma2: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    """``log σ² − log θ²``, clipped to ±``LOG_ALPHA_CLIP`` (the training's range) unless ``clip`` is false.
 
     >>> log_alpha(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])).tolist()
     [0.0, 8.0]
+    >>> round(log_alpha(torch.tensor([1e-3]), torch.tensor([0.0]), clip=False).item(), 2)
+    13.81
     """
-    return (log_sigma2 - torch.log(weight.pow(2) + 1e-8)).clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+    ratio = log_sigma2 - torch.log(weight.pow(2) + 1e-8)
+    return ratio.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP) if clip else ratio
 
 
 def kl_divergence(log_alphas: torch.Tensor) -> torch.Tensor:
@@ -136,8 +139,8 @@ class VariationalLayer(nn.Module):
         self.log_sigma2 = nn.Parameter(torch.full_like(layer.weight, init_log_sigma2))
         self.train_clip = train_clip
 
-    def log_alpha(self) -> torch.Tensor:
-        return log_alpha(self.layer.weight, self.log_sigma2)
+    def log_alpha(self, clip: bool = True) -> torch.Tensor:
+        return log_alpha(self.layer.weight, self.log_sigma2, clip)
 
     def _apply_op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if isinstance(self.layer, nn.Linear):
