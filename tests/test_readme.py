@@ -79,6 +79,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prunesweep +sweep=frontier +frontier=lenet300_unstructured_global_70xw_variational "
     "pruning.variational.train_clip=true pruning.variational.lr_decay=linear finetune.lr=0.0001 "
     "hydra/launcher=joblib hydra.launcher.n_jobs=1 threads=1": (COMPOSE, "3 long runs"),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
+    "pruning.variational.lr_decay=linear pruning.variational.epochs=60 pruning.schedule=oneshot finetune.lr=0.0001 "
+    "hydra/launcher=joblib hydra.launcher.n_jobs=3 threads=1": (COMPOSE, "3 long runs"),
+    "prunesweep +sweep=frontier +frontier=lenet300_unstructured_global_70xw_variational "
+    "pruning.variational.train_clip=true pruning.variational.lr_decay=linear pruning.schedule=oneshot "
+    "finetune.lr=0.0001 hydra/launcher=joblib hydra.launcher.n_jobs=1 threads=1": (COMPOSE, "3 long runs"),
+    "prunesweep +sweep=frontier +frontier=lenet300_unstructured_global_70xw_variational "
+    "pruning.variational.train_clip=true pruning.variational.lr_decay=linear pruning.schedule=oneshot "
+    "finetune.epochs=64 finetune.distill.weight=0.7 hydra/launcher=joblib hydra.launcher.n_jobs=1 threads=1": (
+        COMPOSE,
+        "3 long runs",
+    ),
     "prunesweep +sweep=default hydra/launcher=joblib hydra.launcher.n_jobs=2": (
         COMPOSE,
         "36 points; joblib grids run in tests/test_sweep.py",
