@@ -246,9 +246,7 @@ def _call_ms(fn: Callable[[], object], inner: int) -> float:
     return statistics.median(times)
 
 
-def _pruned_and_csr(
-    base: nn.Module, sparsity: float, result: Result, csr_sizes: list[int]
-) -> tuple[nn.Module, nn.Module]:
+def _pruned_and_csr(base: nn.Module, sparsity: float, result: Result) -> tuple[nn.Module, nn.Module]:
     """``base`` magnitude-pruned to ``sparsity`` (zeros in place) and its CSR copy; their sizes go to ``result``."""
     key = f"s{sparsity:.2f}"
     masked = clone_model(base)
@@ -256,7 +254,6 @@ def _pruned_and_csr(
     plain = LeNet5().eval()
     plain.load_state_dict(export_state_dict(masked))  # zeros in place, no mask hooks
     _, sizes = sparse_export(plain)
-    csr_sizes.append(sizes["csr_bytes"])
     for name in ("dense_bytes", "csr_bytes", "compressed_bytes"):
         result.metrics[f"unstructured/{key}/{name}"] = sizes[name]
     result.add(
@@ -275,12 +272,11 @@ def unstructured_storage(sparsities: Sequence[float], rounds: int, inner: int = 
     """Bytes (dense float32, CSR, gzip'd file) and dense vs CSR latency of magnitude-pruned LeNet-5 weights."""
     base = seeded_lenet5()
     result = Result("unstructured")
-    csr_sizes: list[int] = []
     cases: dict[str, Callable[[], float]] = {}
     x1, x256 = torch.randn(1, 800), torch.randn(256, 800)
     for sparsity in sparsities:
         key = f"s{sparsity:.2f}"
-        plain, sparse = _pruned_and_csr(base, sparsity, result, csr_sizes)
+        plain, sparse = _pruned_and_csr(base, sparsity, result)
         fc1 = plain.fc1
         fc1_csr = sparse.fc1
         cases[f"{key}/fc1_dense_b1"] = partial(_call_ms, partial(fc1, x1), inner)
@@ -302,6 +298,7 @@ def unstructured_storage(sparsities: Sequence[float], rounds: int, inner: int = 
             result.metrics[f"unstructured/{key}/{name}_csr_speedup"] = dense_ms / csr_ms
             parts.append(f"{name} {dense_ms:.3f}/{csr_ms:.3f} ({dense_ms / csr_ms:.2f}x)")
         result.add(f"s={sparsity:.2f} ms dense/CSR (speedup)", "  ".join(parts))
+    csr_sizes = [result.metrics[f"unstructured/s{sparsity:.2f}/csr_bytes"] for sparsity in sparsities]
     shrinking = all(b < a for a, b in itertools.pairwise(csr_sizes))
     result.add("CSR bytes shrink as sparsity grows", "yes" if shrinking else "NO")
     result.notes.append(
