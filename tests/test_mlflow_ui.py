@@ -169,6 +169,12 @@ def test_report_three_times_then_register_twice(sweep):
     assert by_alias.source == f"models:/{sweep['children']['channel'].data.tags['model_id']}"
 
 
+def test_points_record_the_instruction_set_their_floats_depend_on(sweep):
+    for run in sweep["children"].values():
+        assert run.data.tags["cpu.capability"] == torch.backends.cpu.get_cpu_capability()
+        assert run.data.tags["cpu.model"] not in ("", "unknown")
+
+
 def test_reproduce_a_finished_point(sweep):
     source = sweep["children"]["channel"]
     proc = _python("-m", "prunesweep.reproduce", source.info.run_id, "--tracking-uri", sweep["uri"])

@@ -7,7 +7,8 @@ The point's ``config.yaml`` artifact is run again as a new run in the same store
 ``prunesweep.reproduces=<run_id>``. Before it runs, a recorded git commit or package version that differs
 from what is installed is warned about; after it, so are different data digests, and every metric both
 runs hold is printed with its difference. The harness is deterministic on CPU: on one machine ``acc/*`` and
-``params/nonzero`` come out identical.
+``params/nonzero`` come out identical, and on another with the same instruction set (``cpu.capability``, e.g.
+AVX2); a different one is warned about first, as it changes the floats.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from prunesweep.tracking.run import git_commit, package_versions
+from prunesweep.tracking.run import git_commit, machine_tags, package_versions
 
 log = logging.getLogger("prunesweep")
 
@@ -44,12 +45,16 @@ def recorded_config(client: MlflowClient, run_id: str, tracking_uri: str) -> Dic
 
 
 def environment_differences(tags: Mapping[str, str]) -> list[str]:
-    """Recorded git commit and package versions that differ from this installation's.
+    """Recorded git commit, package versions and CPU instruction set that differ from this machine's.
 
     >>> environment_differences({"version.prunesweep": "0.0.0-old"})[0].startswith("version.prunesweep: recorded")
     True
+    >>> environment_differences({"cpu.capability": "SVE-9000"})[0].startswith("cpu.capability: recorded SVE-9000")
+    True
+
+    The processor's name (``cpu.model``) is not compared: machines of one instruction set compute alike.
     """
-    here = {"git_commit": git_commit(), **package_versions()}
+    here = {"git_commit": git_commit(), **package_versions(), "cpu.capability": machine_tags()["cpu.capability"]}
     return [
         f"{key}: recorded {tags[key]}, installed {value}"
         for key, value in here.items()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import platform
 import subprocess
 import tempfile
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
 
@@ -70,6 +72,35 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+@functools.cache
+def machine_tags() -> dict[str, str]:
+    """What of the machine decides a CPU run's floats: the SIMD level torch dispatches to, and the processor.
+
+    The same code, packages, data and thread count give the same numbers bit for bit only on the same
+    instruction set: AVX-512 and AVX2 kernels sum in other orders (``ATEN_CPU_CAPABILITY=default`` alone
+    trains another LeNet-5 here).
+
+    >>> sorted(machine_tags())
+    ['cpu.capability', 'cpu.model']
+    """
+    return {"cpu.capability": torch.backends.cpu.get_cpu_capability(), "cpu.model": _cpu_model()}
+
+
+def _cpu_model() -> str:
+    """``AMD EPYC (family 25, model 1)``: the family and model tell generations apart where the name does not."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown"
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 class PointRun:
     """An open MLflow run; ``end()`` marks it FINISHED, FAILED or KILLED."""
 
@@ -83,7 +114,7 @@ class PointRun:
     ) -> None:
         self.store = store
         self.client = store.client
-        all_tags = {"git_commit": git_commit(), **package_versions(), **tags}
+        all_tags = {"git_commit": git_commit(), **package_versions(), **machine_tags(), **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(store.experiment_id, run_name=name, tags=all_tags)
