@@ -91,6 +91,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         COMPOSE,
         "3 long runs",
     ),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
+    "pruning.variational.lr_decay=linear pruning.schedule=oneshot pruning.sparsity=0.9975 finetune.lr=0.0001 "
+    "hydra/launcher=joblib hydra.launcher.n_jobs=3 threads=1": (COMPOSE, "3 long runs (400x weights-only)"),
     "prunesweep +sweep=default hydra/launcher=joblib hydra.launcher.n_jobs=2": (
         COMPOSE,
         "36 points; joblib grids run in tests/test_sweep.py",
