@@ -52,7 +52,7 @@ def environment_differences(tags: Mapping[str, str]) -> list[str]:
     >>> environment_differences({"cpu.capability": "SVE-9000"})[0].startswith("cpu.capability: recorded SVE-9000")
     True
 
-    The processor's name (``cpu.model``) is not compared: machines of one instruction set compute alike.
+    The processor's name (``cpu.model``) is recorded but not compared: the instruction set picks the kernels.
     """
     here = {"git_commit": git_commit(), **package_versions(), "cpu.capability": machine_tags()["cpu.capability"]}
     return [
