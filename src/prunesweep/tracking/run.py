@@ -88,14 +88,16 @@ def machine_tags() -> dict[str, str]:
 
 def _cpu_model() -> str:
     """``AMD EPYC (family 25, model 1)``: the family and model tell generations apart where the name does not."""
-    fields: dict[str, str] = {}
+    fallback = platform.processor() or platform.machine() or "unknown"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or platform.machine() or "unknown"
-    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+        return fallback
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():  # the first processor's fields; the others repeat them
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or fallback
     if "cpu family" in fields and "model" in fields:
         return f"{name} (family {fields['cpu family']}, model {fields['model']})"
     return name
