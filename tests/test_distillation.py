@@ -85,3 +85,17 @@ def test_fit_with_a_teacher_trains_differently_from_labels_alone():
         trained[weight] = model[1].weight.detach().clone()
     assert not torch.equal(trained[0.0], init[1].weight)
     assert not torch.allclose(trained[0.0], trained[0.9], atol=1e-4)
+
+
+def test_another_teacher_is_a_model_config_that_needs_distillation_on_and_changes_the_hash(make_cfg):
+    """finetune.distill.teacher composes from conf/model like the model itself; it is refused when nothing
+    distils from it or when it is not a model config, and points with it hash apart from own-teacher ones."""
+    own = make_cfg("model=lenet300", "finetune.distill.weight=0.7")
+    other = make_cfg("model=lenet300", "finetune.distill.weight=0.7", "+model@finetune.distill.teacher=lenet5")
+    validate(other)
+    assert other.finetune.distill.teacher.name == "lenet5" and other.model.name == "lenet300"
+    assert config_hash(other) != config_hash(own)
+    with pytest.raises(ConfigError, match=r"teacher is set but finetune\.distill\.weight is 0"):
+        validate(make_cfg("+model@finetune.distill.teacher=lenet5"))
+    with pytest.raises(ConfigError, match=r"must be a model config with a _target_"):
+        validate(make_cfg("finetune.distill.weight=0.7", "+finetune.distill.teacher=lenet5"))

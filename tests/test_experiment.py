@@ -368,6 +368,33 @@ def test_new_methods_end_with_masks_held_and_the_target_met(
     assert WELL_ABOVE_CHANCE < metrics["acc/finetuned"] <= 1.0
 
 
+def test_a_point_distils_from_another_models_dense_model_trained_by_the_same_recipe(
+    make_cfg, tiny_overrides, store_uri, shared_dense
+):
+    """finetune.distill.teacher: a LeNet-300-100 point distils from a dense LeNet-5 that it trains (logged under
+    teacher/) and caches; a LeNet-5 point of the same recipe and seed then finds that very model as its own."""
+    common = (*tiny_overrides, *TRAINED, shared_dense, "data.val_size=1000", "seed=1", "pruning.threshold=global")
+    student = (
+        "model=lenet300",
+        "+model@finetune.distill.teacher=lenet5",
+        "finetune.distill.weight=0.7",
+        "pruning.sparsity=0.9",
+    )
+    client = MlflowClient(tracking_uri=store_uri)
+    run_id = experiment.run(make_cfg(*common, *student))["run_id"]
+    distilled = client.get_run(run_id).data
+    assert distilled.tags["teacher_cached"] == "False" and distilled.tags["dense_cached"] == "False"
+    assert len(client.get_metric_history(run_id, "teacher/val/acc")) == 2  # its two training epochs
+    assert distilled.params["finetune.distill.teacher.name"] == "lenet5"
+    assert distilled.metrics["params/weights_total"] == 266_200  # the student is LeNet-300-100
+    assert distilled.metrics["params/weights_nonzero"] == round(0.1 * 266_200)
+    assert WELL_ABOVE_CHANCE < distilled.metrics["acc/finetuned"] <= 1.0
+    lenet5 = client.get_run(experiment.run(make_cfg(*common, "pruning.sparsity=0.5"))["run_id"]).data
+    assert lenet5.tags["dense_cached"] == "True"
+    assert lenet5.metrics["acc/dense"] == distilled.metrics["acc/teacher"]
+    assert distilled.metrics["acc/teacher"] > distilled.metrics["acc/dense"]  # LeNet-5 beats LeNet-300-100 here
+
+
 def test_variational_dropout_trains_once_and_every_target_is_met(make_cfg, tiny_overrides, store_uri, shared_dense):
     """pruning.importance=variational trains sparse VD from the dense model once (its epochs logged), caches it
     beside the dense model, and every target then prunes its θ by −log α exactly, masks held; a longer fit of

@@ -106,6 +106,20 @@ def _check_data(cfg: DictConfig) -> None:
         raise ConfigError(f"data.root={cfg.data.root!r} is a file; it must be a directory (or not exist yet)")
 
 
+def _check_teacher(cfg: DictConfig) -> None:
+    """``finetune.distill.teacher``: absent/null (the point's own dense model) or a model config to distil from."""
+    teacher = _get(cfg, "finetune.distill.teacher")
+    if teacher is None:
+        return
+    if not isinstance(teacher, DictConfig) or "_target_" not in teacher:
+        raise ConfigError(
+            f"finetune.distill.teacher={teacher!r} must be a model config with a _target_, e.g. "
+            "+model@finetune.distill.teacher=lenet5 (or null: the point's own dense model)"
+        )
+    if not Distillation.from_recipe(cfg.finetune).enabled:
+        raise ConfigError("finetune.distill.teacher is set but finetune.distill.weight is 0: nothing distils from it")
+
+
 def _check_recipes(cfg: DictConfig) -> None:
     for stage in ("train", "finetune"):
         _integer(cfg, f"{stage}.epochs", low=1)
@@ -121,6 +135,7 @@ def _check_recipes(cfg: DictConfig) -> None:
         Distillation.from_recipe(cfg.finetune)
     except (TypeError, ValueError, AttributeError) as err:
         raise ConfigError(f"finetune.distill={cfg.finetune.get('distill')!r}: {err}") from None
+    _check_teacher(cfg)
     try:
         variational_recipe(cfg)
     except (TypeError, ValueError) as err:

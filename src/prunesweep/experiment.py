@@ -224,10 +224,30 @@ def _run_schedule(
     # once, on the validation split, before any weight is pruned.
     threshold = make_threshold(spec)
     timer: dict[str, float] = {"finetune_s": 0.0}
-    # Distillation's teacher: the point's own dense model, a copy (the trainer may move it to the device).
-    teacher = copy.deepcopy(dense) if Distillation.from_recipe(cfg.finetune).enabled else None
+    teacher = _teacher(cfg, dense, datamodule, point)
     job = _schedule_job(cfg, spec, threshold, model, datamodule, point, timer, teacher)
     return SCHEDULES[str(cfg.pruning.schedule)](job), threshold, timer
+
+
+def _teacher(
+    cfg: DictConfig, dense: nn.Module, datamodule: pl.LightningDataModule, point: PointRun
+) -> nn.Module | None:
+    """Distillation's teacher, None when ``finetune.distill`` is off: the point's own dense model (a copy: the
+    trainer may move it to the device), or, with ``finetune.distill.teacher`` set to a model config, that model
+    trained by the same recipe and seed on the same data (cached like any dense model; its training is logged
+    under ``teacher/``, its test accuracy as ``acc/teacher``)."""
+    if not Distillation.from_recipe(cfg.finetune).enabled:
+        return None
+    teacher_model = cfg.finetune.distill.get("teacher")
+    if teacher_model is None:
+        return copy.deepcopy(dense)
+    teacher_cfg = copy.deepcopy(cfg)
+    teacher_cfg.model = teacher_model
+    teacher = _dense(teacher_cfg, datamodule, point, int(cfg.train.epochs), role="teacher")
+    accuracy = evaluate(teacher, datamodule.test_dataloader())
+    log.info("teacher (%s) test accuracy %.4f", teacher_model.get("name", "model"), accuracy)
+    point.log_metrics({"acc/teacher": accuracy})
+    return teacher
 
 
 def _schedule_job(
@@ -370,8 +390,11 @@ def _in_point_layout(cfg: DictConfig, model: nn.Module) -> nn.Module:
     return in_layout(model, bool(cfg.get("channels_last", False)))
 
 
-def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun, epochs: int) -> nn.Module:
-    """The dense model after ``epochs`` of the training recipe: from the cache, or trained (and cached) now."""
+def _dense(
+    cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun, epochs: int, role: str = "dense"
+) -> nn.Module:
+    """The dense model after ``epochs`` of the training recipe: from the cache, or trained (and cached) now.
+    ``role`` names its training metrics and cache tag (``dense/``, ``teacher/``; ``rewind<k>/`` when shorter)."""
     pl.seed_everything(int(cfg.seed), workers=False, verbose=False)  # same init for every epochs
     # In the point's layout before it trains or loads: loading copies values into these tensors, keeping it.
     model = _in_point_layout(cfg, build_model(cfg.model, *data_signature(datamodule)))
@@ -382,7 +405,8 @@ def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun,
         key_cfg = copy.deepcopy(cfg)
         key_cfg.train.epochs = epochs
     full = epochs == int(cfg.train.epochs)
-    prefix = "dense/" if full else f"rewind{epochs}/"
+    role = role if full else f"rewind{epochs}"
+    prefix = f"{role}/"
 
     def train() -> None:
         train_batches, val_batches = datamodule.train_dataloader(), datamodule.val_dataloader()
@@ -398,7 +422,7 @@ def _dense(cfg: DictConfig, datamodule: pl.LightningDataModule, point: PointRun,
         )
 
     trained = _cached_or_trained(cfg, point, dense_key(key_cfg), model, train)
-    point.set_tags({"dense_cached" if full else f"rewind{epochs}_cached": not trained})
+    point.set_tags({f"{role}_cached": not trained})
     return model
 
 

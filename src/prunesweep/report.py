@@ -118,14 +118,21 @@ def _point_row(run: Run) -> dict[str, Any]:
 
 
 def _distill(params: dict[str, str]) -> str:
-    """``off``, or ``distill<weight>`` for a point fine-tuned with distillation (read from its logged params, so
-    runs logged before the setting existed read as off).
+    """``off``, or ``distill<weight>`` for a point fine-tuned with distillation, ``distill<weight>-<teacher>`` when
+    it distilled from another model than its own dense one (read from its logged params, so runs logged before
+    the setting existed read as off).
 
     >>> _distill({}), _distill({"finetune.distill.weight": "0.0"}), _distill({"finetune.distill.weight": "0.7"})
     ('off', 'off', 'distill0.7')
+    >>> _distill({"finetune.distill.weight": "0.7", "finetune.distill.teacher.name": "lenet5"})
+    'distill0.7-lenet5'
     """
     weight = float(params.get("finetune.distill.weight") or 0.0)
-    return f"distill{weight:g}" if weight > 0 else "off"
+    if weight <= 0:
+        return "off"
+    target = params.get("finetune.distill.teacher._target_", "")
+    teacher = params.get("finetune.distill.teacher.name") or target.rsplit(".", 1)[-1]
+    return f"distill{weight:g}" + (f"-{teacher}" if teacher else "")
 
 
 def series_columns(points: pd.DataFrame) -> list[str]:
