@@ -385,7 +385,7 @@ def test_a_point_distils_from_another_models_dense_model_trained_by_the_same_rec
     distilled = client.get_run(run_id).data
     assert distilled.tags["teacher_cached"] == "False" and distilled.tags["dense_cached"] == "False"
     assert len(client.get_metric_history(run_id, "teacher/val/acc")) == 2  # its two training epochs
-    assert distilled.params["finetune.distill.teacher.name"] == "lenet5"
+    assert distilled.params["finetune.distill.teacher.name"] == distilled.tags["teacher"] == "lenet5"
     assert distilled.metrics["params/weights_total"] == 266_200  # the student is LeNet-300-100
     assert distilled.metrics["params/weights_nonzero"] == round(0.1 * 266_200)
     assert WELL_ABOVE_CHANCE < distilled.metrics["acc/finetuned"] <= 1.0

@@ -151,6 +151,9 @@ def _tags(cfg: DictConfig, point_hash: str, sweep: SweepContext) -> dict[str, st
     }
     if p.get("rewind") is not None:
         tags["rewind"] = p.rewind  # "init", or the dense epoch the surviving weights go back to
+    teacher = OmegaConf.select(cfg, "finetune.distill.teacher")
+    if teacher is not None:
+        tags["teacher"] = teacher.get("name") or str(teacher._target_).rsplit(".", 1)[-1]  # distils from it
     if sweep.sweep_id:
         tags["sweep_id"] = sweep.sweep_id
     return {k: str(v) for k, v in tags.items()}
