@@ -97,6 +97,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prunesweep +sweep=frontier +frontier=lenet300_unstructured_global_70xw_distill "
     "+model@finetune.distill.teacher=lenet5 finetune.epochs=64 hydra/launcher=joblib hydra.launcher.n_jobs=3 "
     "threads=1": (COMPOSE, "3 long runs (a LeNet-5 teacher)"),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
+    "pruning.variational.lr_decay=linear pruning.schedule=oneshot finetune.lr=0.0001 "
+    "+model@finetune.distill.teacher=resnet finetune.distill.weight=0.7 hydra/launcher=joblib "
+    "hydra.launcher.n_jobs=3 threads=1": (COMPOSE, "3 long runs (a ResNet-20 teacher)"),
     "prunesweep +sweep=default hydra/launcher=joblib hydra.launcher.n_jobs=2": (
         COMPOSE,
         "36 points; joblib grids run in tests/test_sweep.py",
