@@ -101,6 +101,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pruning.variational.lr_decay=linear pruning.schedule=oneshot finetune.lr=0.0001 "
     "+model@finetune.distill.teacher=resnet finetune.distill.weight=0.7 hydra/launcher=joblib "
     "hydra.launcher.n_jobs=3 threads=1": (COMPOSE, "3 long runs (a ResNet-20 teacher)"),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
+    "pruning.variational.lr_decay=linear pruning.schedule=oneshot finetune.lr=0.001 hydra/launcher=joblib "
+    "hydra.launcher.n_jobs=3 threads=1": (COMPOSE, "3 long runs (lr 0.001)"),
     "prunesweep +sweep=default hydra/launcher=joblib hydra.launcher.n_jobs=2": (
         COMPOSE,
         "36 points; joblib grids run in tests/test_sweep.py",
