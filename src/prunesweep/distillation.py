@@ -53,6 +53,17 @@ class Distillation:
         )
 
 
+def teacher_name(teacher: Mapping[str, Any]) -> str:
+    """What a ``finetune.distill.teacher`` model config is called: its ``name``, else its ``_target_``'s last part.
+
+    >>> teacher_name({"_target_": "prunesweep.models.build_model", "name": "lenet5"})
+    'lenet5'
+    >>> teacher_name({"_target_": "my_package.models.Net"})
+    'Net'
+    """
+    return str(teacher.get("name") or str(teacher.get("_target_", "")).rsplit(".", 1)[-1])
+
+
 def distillation_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, distill: Distillation
 ) -> torch.Tensor:

@@ -37,7 +37,7 @@ from prunesweep.config import (
     variational_lineage,
     variational_recipe,
 )
-from prunesweep.distillation import Distillation
+from prunesweep.distillation import Distillation, teacher_name
 from prunesweep.lit import evaluate, fit, in_layout
 from prunesweep.pruning import (
     GRANULARITIES,
@@ -153,7 +153,7 @@ def _tags(cfg: DictConfig, point_hash: str, sweep: SweepContext) -> dict[str, st
         tags["rewind"] = p.rewind  # "init", or the dense epoch the surviving weights go back to
     teacher = OmegaConf.select(cfg, "finetune.distill.teacher")
     if teacher is not None:
-        tags["teacher"] = teacher.get("name") or str(teacher._target_).rsplit(".", 1)[-1]  # distils from it
+        tags["teacher"] = teacher_name(teacher)  # the model it distils from
     if sweep.sweep_id:
         tags["sweep_id"] = sweep.sweep_id
     return {k: str(v) for k, v in tags.items()}
@@ -248,7 +248,7 @@ def _teacher(
     teacher_cfg.model = teacher_model
     teacher = _dense(teacher_cfg, datamodule, point, int(cfg.train.epochs), role="teacher")
     accuracy = evaluate(teacher, datamodule.test_dataloader())
-    log.info("teacher (%s) test accuracy %.4f", teacher_model.get("name", "model"), accuracy)
+    log.info("teacher (%s) test accuracy %.4f", teacher_name(teacher_model), accuracy)
     point.log_metrics({"acc/teacher": accuracy})
     return teacher
 

@@ -29,6 +29,7 @@ from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from prunesweep import plots
+from prunesweep.distillation import teacher_name
 
 SERIES = ("granularity", "threshold")
 # Also split series by these when a sweep varies them (a seed sweep averages only over seeds).
@@ -130,8 +131,8 @@ def _distill(params: dict[str, str]) -> str:
     weight = float(params.get("finetune.distill.weight") or 0.0)
     if weight <= 0:
         return "off"
-    target = params.get("finetune.distill.teacher._target_", "")
-    teacher = params.get("finetune.distill.teacher.name") or target.rsplit(".", 1)[-1]
+    prefix = "finetune.distill.teacher."
+    teacher = teacher_name({k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)})
     return f"distill{weight:g}" + (f"-{teacher}" if teacher else "")
 
 
