@@ -383,6 +383,7 @@ def test_a_point_distils_from_another_models_dense_model_trained_by_the_same_rec
     client = MlflowClient(tracking_uri=store_uri)
     run_id = experiment.run(make_cfg(*common, *student))["run_id"]
     distilled = client.get_run(run_id).data
+    assert client.get_run(run_id).info.run_name == "unstructured-global-s0.90-seed1-lenet300-distill0.7-lenet5"
     assert distilled.tags["teacher_cached"] == "False" and distilled.tags["dense_cached"] == "False"
     assert len(client.get_metric_history(run_id, "teacher/val/acc")) == 2  # its two training epochs
     assert distilled.params["finetune.distill.teacher.name"] == distilled.tags["teacher"] == "lenet5"

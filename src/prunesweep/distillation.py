@@ -64,6 +64,19 @@ def teacher_name(teacher: Mapping[str, Any]) -> str:
     return str(teacher.get("name") or str(teacher.get("_target_", "")).rsplit(".", 1)[-1])
 
 
+def distill_label(weight: float, teacher: Mapping[str, Any] | None = None) -> str:
+    """How reports and run names call a fine-tune's distillation: ``off``, ``distill<weight>`` (from the point's own
+    dense model), or ``distill<weight>-<teacher>`` (from another model, named by :func:`teacher_name`).
+
+    >>> distill_label(0.0), distill_label(0.7), distill_label(0.7, {"name": "lenet5"})
+    ('off', 'distill0.7', 'distill0.7-lenet5')
+    """
+    if weight <= 0:
+        return "off"
+    name = teacher_name(teacher) if teacher else ""
+    return f"distill{weight:g}" + (f"-{name}" if name else "")
+
+
 def distillation_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, distill: Distillation
 ) -> torch.Tensor:

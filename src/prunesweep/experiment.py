@@ -37,7 +37,7 @@ from prunesweep.config import (
     variational_lineage,
     variational_recipe,
 )
-from prunesweep.distillation import Distillation, teacher_name
+from prunesweep.distillation import Distillation, distill_label, teacher_name
 from prunesweep.lit import evaluate, fit, in_layout
 from prunesweep.pruning import (
     GRANULARITIES,
@@ -110,16 +110,7 @@ def run(cfg: DictConfig, sweep: SweepContext | None = None) -> dict[str, Any]:
             log.info("point %s already finished as run %s; skipping", done.info.run_name, done.info.run_id)
             return {"status": "skipped", "run_id": done.info.run_id}
 
-    p = cfg.pruning
-    name = run_name(
-        str(p.granularity),
-        str(p.threshold),
-        float(p.sparsity),
-        int(cfg.seed),
-        model=str(cfg.model.name),
-        importance=str(p.importance),
-        schedule=str(p.schedule),
-    )
+    name = _point_name(cfg)
     tags = _tags(cfg, point_hash, sweep)
     point = PointRun(store, name, tags, flatten(plain(cfg)), sweep.parent_run_id)
     log.info("MLflow run %s (%s) in %s", name, point.run_id, store.uri)
@@ -133,6 +124,23 @@ def run(cfg: DictConfig, sweep: SweepContext | None = None) -> dict[str, Any]:
         raise
     point.end("FINISHED")
     return {"status": "finished", "run_id": point.run_id, **result}
+
+
+def _point_name(cfg: DictConfig) -> str:
+    """The point's MLflow run name: its cut and seed, plus whatever differs from the defaults."""
+    p = cfg.pruning
+    return run_name(
+        str(p.granularity),
+        str(p.threshold),
+        float(p.sparsity),
+        int(cfg.seed),
+        model=str(cfg.model.name),
+        importance=str(p.importance),
+        schedule=str(p.schedule),
+        distill=distill_label(
+            Distillation.from_recipe(cfg.finetune).weight, OmegaConf.select(cfg, "finetune.distill.teacher")
+        ),
+    )
 
 
 def _tags(cfg: DictConfig, point_hash: str, sweep: SweepContext) -> dict[str, str]:

@@ -29,7 +29,7 @@ from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from prunesweep import plots
-from prunesweep.distillation import teacher_name
+from prunesweep.distillation import distill_label
 
 SERIES = ("granularity", "threshold")
 # Also split series by these when a sweep varies them (a seed sweep averages only over seeds).
@@ -128,12 +128,9 @@ def _distill(params: dict[str, str]) -> str:
     >>> _distill({"finetune.distill.weight": "0.7", "finetune.distill.teacher.name": "lenet5"})
     'distill0.7-lenet5'
     """
-    weight = float(params.get("finetune.distill.weight") or 0.0)
-    if weight <= 0:
-        return "off"
     prefix = "finetune.distill.teacher."
-    teacher = teacher_name({k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)})
-    return f"distill{weight:g}" + (f"-{teacher}" if teacher else "")
+    teacher = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
+    return distill_label(float(params.get("finetune.distill.weight") or 0.0), teacher)
 
 
 def series_columns(points: pd.DataFrame) -> list[str]:

@@ -25,7 +25,7 @@ PACKAGES = ("prunesweep", "torch", "pytorch-lightning", "hydra-core", "mlflow", 
 
 
 def run_name(granularity: str, threshold: str, sparsity: float, seed: int, **extra: str) -> str:
-    """``channel-global-s0.90-seed0``; non-default model, importance or schedule are appended.
+    """``channel-global-s0.90-seed0``; non-default model, importance, schedule or distillation are appended.
 
     >>> run_name("channel", "global", 0.9, 0)
     'channel-global-s0.90-seed0'
@@ -33,11 +33,13 @@ def run_name(granularity: str, threshold: str, sparsity: float, seed: int, **ext
     'unstructured-layerwise-s0.50-seed1-lenet300-taylor'
     >>> run_name("unstructured", "global", 0.9964, 0)  # finer targets keep their digits (not "s1.00")
     'unstructured-global-s0.9964-seed0'
+    >>> run_name("unstructured", "global", 0.5, 0, distill="distill0.7-lenet5")
+    'unstructured-global-s0.50-seed0-distill0.7-lenet5'
     """
-    defaults = {"model": "lenet5", "importance": "l1", "schedule": "oneshot"}
+    defaults = {"model": "lenet5", "importance": "l1", "schedule": "oneshot", "distill": "off"}
     level = f"{sparsity:.2f}" if round(sparsity, 2) == sparsity else f"{sparsity:.6f}".rstrip("0")
     name = f"{granularity}-{threshold}-s{level}-seed{seed}"
-    for key in ("model", "importance", "schedule"):
+    for key in defaults:
         value = extra.get(key)
         if value and value != defaults[key]:
             name += f"-{value}"
