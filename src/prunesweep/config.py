@@ -40,7 +40,7 @@ _PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16"
 _DATA_KEYS_NOT_IN_HASH = ("root", "sources", "eval_batch_size", "_target_")
 # pruning.variational's keys added after its first results, at the values those results computed with: left out
 # of its identity (the point's hash, the trained model's key) while they hold them.
-_VARIATIONAL_LEGACY = {"train_clip": False, "lr_decay": "constant"}
+_VARIATIONAL_LEGACY = {"train_clip": False, "clipped_noise": False, "lr_decay": "constant"}
 
 
 def _variational_identity(recipe: dict[str, Any]) -> dict[str, Any]:

@@ -455,7 +455,8 @@ def _variational(
     replace the model's, and its noise levels score them. None for every other importance."""
     if not IMPORTANCES[spec.importance].trained_from_dense:
         return None
-    wrappers = attach(model, resolve_layers(spec, model), train_clip=variational_recipe(cfg).train_clip)
+    recipe = variational_recipe(cfg)
+    wrappers = attach(model, resolve_layers(spec, model), recipe.train_clip, recipe.clipped_noise)
     key = variational_key(cfg)
     train = _variational_trainer(cfg, key, model, wrappers, datamodule, point)
     trained = _cached_or_trained(cfg, point, key, model, train, what="sparse VD model")

@@ -192,6 +192,30 @@ def test_train_clip_leaves_the_noisy_weights_out_of_the_training_forward():
     assert torch.all(model[0].weight[noisy] == 0) and torch.equal(model[0].weight[~noisy], kept)
 
 
+def test_clipped_noise_keeps_the_clipped_weights_noise_so_the_data_can_bring_them_back():
+    """With clipped_noise a clipped weight is still out of the mean (the loss below is the sampled noise alone),
+    but its noise α θ² = σ² is sampled, so the data loss pulls its σ² down (it can fall back below log α = 3);
+    without it that σ² gets no gradient at all."""
+    torch.manual_seed(0)
+    layer, x = nn.Linear(6, 3), torch.randn(16, 6)
+    noisy = torch.zeros_like(layer.weight, dtype=torch.bool)
+    noisy[:, :2] = True
+    log_sigma2 = torch.where(noisy, 5 + torch.log(layer.weight.detach() ** 2), torch.full_like(layer.weight, -9.0))
+    grads = {}
+    for clipped_noise in (False, True):
+        wrapper = VariationalLayer(copy.deepcopy(layer), train_clip=True, clipped_noise=clipped_noise)
+        with torch.no_grad():
+            wrapper.log_sigma2.copy_(log_sigma2)
+        torch.manual_seed(1)
+        out = wrapper.train()(x)
+        mean = F.linear(x, layer.weight * ~noisy, layer.bias)
+        variance = F.linear(x * x, torch.exp(log_alpha(layer.weight, log_sigma2)) * layer.weight**2 * noisy)
+        assert (variance.mean() > 0) and ((out - mean).abs().mean() > 0)  # noise is sampled either way
+        (out - mean).square().sum().backward()  # a loss that only the noise moves: out's mean is `mean`
+        grads[clipped_noise] = wrapper.log_sigma2.grad[noisy]
+    assert torch.all(grads[False] == 0) and torch.all(grads[True] > 0)
+
+
 def test_a_linear_lr_decay_sets_each_epochs_lr_and_reaches_its_last_step():
     x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
     model = nn.Sequential(nn.Linear(4, 2))
@@ -208,6 +232,7 @@ def test_recipe_refuses_bad_settings_by_name():
         ({"lr": 0.0}, "lr"),
         ({"anneal_epochs": -1}, "anneal_epochs"),
         ({"train_clip": "yes"}, "train_clip"),
+        ({"clipped_noise": True}, "clipped_noise needs train_clip"),
         ({"lr_decay": "cosine"}, "lr_decay"),
     ):
         with pytest.raises(ValueError, match=message):

@@ -45,23 +45,31 @@ class VariationalRecipe:
     """``pruning.variational``: how sparse variational dropout trains from the dense model (Adam on θ and log σ²,
     the KL term's weight rising from 0 to 1 over ``anneal_epochs``). ``train_clip``: the weights at
     ``log α ≥ 3`` are left out of the training forward pass (the paper's code does this; the network then learns
-    without the weights its cut will remove). ``lr_decay``: ``constant``, or ``linear`` to 0 at the last epoch
-    (per epoch, as the paper's code).
+    without the weights its cut will remove). ``clipped_noise`` (with ``train_clip``): the clipped weights still
+    add their noise ``α θ²`` to the training forward, as in the paper's code's Linear layers, so the data term keeps
+    pulling their σ² down and a weight whose noise hurts comes back below ``log α = 3``; without it they add
+    nothing, and a weight once clipped stays clipped. ``lr_decay``: ``constant``, or ``linear`` to 0 at the last
+    epoch (per epoch, as the paper's code).
 
     >>> VariationalRecipe.from_mapping({"epochs": 3})
-    VariationalRecipe(epochs=3, lr=0.001, anneal_epochs=5.0, train_clip=False, lr_decay='constant')
+    VariationalRecipe(epochs=3, lr=0.001, anneal_epochs=5.0, train_clip=False, clipped_noise=False, lr_decay='constant')
     >>> [round(VariationalRecipe(epochs=4, lr_decay="linear").lr_at(e), 6) for e in range(4)]
     [0.001, 0.00075, 0.0005, 0.00025]
     >>> VariationalRecipe(epochs=0)
     Traceback (most recent call last):
     ...
     ValueError: epochs must be an integer >= 1, got 0
+    >>> VariationalRecipe(clipped_noise=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: clipped_noise needs train_clip: without it no weight is clipped
     """
 
     epochs: int = 20
     lr: float = 1e-3
     anneal_epochs: float = 5.0
     train_clip: bool = False
+    clipped_noise: bool = False
     lr_decay: str = "constant"
 
     def __post_init__(self) -> None:
@@ -73,6 +81,10 @@ class VariationalRecipe:
             raise ValueError(f"anneal_epochs must be >= 0, got {self.anneal_epochs!r}")
         if not isinstance(self.train_clip, bool):
             raise ValueError(f"train_clip must be true or false, got {self.train_clip!r}")
+        if not isinstance(self.clipped_noise, bool):
+            raise ValueError(f"clipped_noise must be true or false, got {self.clipped_noise!r}")
+        if self.clipped_noise and not self.train_clip:
+            raise ValueError("clipped_noise needs train_clip: without it no weight is clipped")
         if self.lr_decay not in ("constant", "linear"):
             raise ValueError(f"lr_decay must be constant or linear, got {self.lr_decay!r}")
 
@@ -124,20 +136,25 @@ class VariationalLayer(nn.Module):
 
     In training mode the output is sampled by the local reparameterisation trick: mean ``f(x, θ)``, variance
     ``f(x², σ²)``, one Gaussian draw per output; with ``train_clip`` the weights at ``log α ≥ LOG_ALPHA_PRUNE``
-    are left out of both, and the variance is ``f(x², α θ²)`` with the clipped α (the paper's code). In eval mode
+    are left out of the mean, and the variance is ``f(x², α θ²)`` with the clipped α over the kept weights (over
+    all of them with ``clipped_noise``: the paper's code, in its Linear layers). In eval mode
     it is deterministic, with the weights whose ``log α ≥ LOG_ALPHA_PRUNE`` set to zero (the paper's sparse
     network).
     """
 
     def __init__(
-        self, layer: nn.Conv2d | nn.Linear, init_log_sigma2: float = INITIAL_LOG_SIGMA2, train_clip: bool = False
+        self,
+        layer: nn.Conv2d | nn.Linear,
+        init_log_sigma2: float = INITIAL_LOG_SIGMA2,
+        train_clip: bool = False,
+        clipped_noise: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
             raise TypeError(f"variational dropout wraps Conv2d or Linear layers, not {type(layer).__name__}")
         self.layer = layer
         self.log_sigma2 = nn.Parameter(torch.full_like(layer.weight, init_log_sigma2))
-        self.train_clip = train_clip
+        self.train_clip, self.clipped_noise = train_clip, clipped_noise
 
     def log_alpha(self, clip: bool = True) -> torch.Tensor:
         return log_alpha(self.layer.weight, self.log_sigma2, clip)
@@ -153,8 +170,10 @@ class VariationalLayer(nn.Module):
             return self._apply_op(x, weight * (self.log_alpha() < LOG_ALPHA_PRUNE), self.layer.bias)
         if self.train_clip:
             log_alphas = self.log_alpha()
-            weight = weight * (log_alphas < LOG_ALPHA_PRUNE)
-            noise_variance = torch.exp(log_alphas) * weight * weight
+            kept = weight * (log_alphas < LOG_ALPHA_PRUNE)
+            noisy = weight if self.clipped_noise else kept
+            noise_variance = torch.exp(log_alphas) * noisy * noisy
+            weight = kept
         else:
             noise_variance = torch.exp(self.log_sigma2)
         mean = self._apply_op(x, weight, self.layer.bias)
@@ -162,12 +181,14 @@ class VariationalLayer(nn.Module):
         return mean + torch.sqrt(variance + 1e-8) * torch.randn_like(mean)
 
 
-def attach(model: nn.Module, layers: Sequence[str], train_clip: bool = False) -> dict[str, VariationalLayer]:
+def attach(
+    model: nn.Module, layers: Sequence[str], train_clip: bool = False, clipped_noise: bool = False
+) -> dict[str, VariationalLayer]:
     """Wrap each named layer of ``model`` in place; the wrappers by name (θ stays the layer's own Parameter)."""
     wrappers = {}
     for name in layers:
         parent, child = _parent_of(model, name)
-        wrapper = VariationalLayer(parent.get_submodule(child), train_clip=train_clip)
+        wrapper = VariationalLayer(parent.get_submodule(child), train_clip=train_clip, clipped_noise=clipped_noise)
         wrapper = wrapper.to(next(model.parameters()).device)
         setattr(parent, child, wrapper)
         wrappers[name] = wrapper
