@@ -105,11 +105,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pruning.variational.lr_decay=linear pruning.schedule=oneshot finetune.lr=0.001 hydra/launcher=joblib "
     "hydra.launcher.n_jobs=3 threads=1": (COMPOSE, "3 long runs (lr 0.001)"),
     "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
-    "pruning.variational.clipped_noise=true pruning.variational.anneal_epochs=5,20 pruning.variational.lr_decay=linear "
-    "pruning.schedule=oneshot finetune.lr=0.0001 seed=0 hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1": (
-        COMPOSE,
-        "2 long runs (clipped noise, seed 0)",
-    ),
+    "pruning.variational.clipped_noise=true pruning.variational.anneal_epochs=5 pruning.variational.lr_decay=linear "
+    "pruning.schedule=oneshot finetune.lr=0.0001 seed=0 threads=1": (COMPOSE, "a long run (clipped noise, seed 0)"),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
+    "pruning.variational.clipped_noise=true pruning.variational.anneal_epochs=20 pruning.variational.lr_decay=linear "
+    "pruning.schedule=oneshot finetune.lr=0.0001 seed=0 threads=1": (COMPOSE, "a long run (clipped noise, seed 0)"),
     "prunesweep +sweep=default hydra/launcher=joblib hydra.launcher.n_jobs=2": (
         COMPOSE,
         "36 points; joblib grids run in tests/test_sweep.py",
