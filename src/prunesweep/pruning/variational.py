@@ -79,10 +79,9 @@ class VariationalRecipe:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not self.anneal_epochs >= 0:
             raise ValueError(f"anneal_epochs must be >= 0, got {self.anneal_epochs!r}")
-        if not isinstance(self.train_clip, bool):
-            raise ValueError(f"train_clip must be true or false, got {self.train_clip!r}")
-        if not isinstance(self.clipped_noise, bool):
-            raise ValueError(f"clipped_noise must be true or false, got {self.clipped_noise!r}")
+        for flag in ("train_clip", "clipped_noise"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.clipped_noise and not self.train_clip:
             raise ValueError("clipped_noise needs train_clip: without it no weight is clipped")
         if self.lr_decay not in ("constant", "linear"):
