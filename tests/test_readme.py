@@ -116,6 +116,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
     "pruning.variational.lr_decay=linear pruning.variational.lr=0.01 pruning.schedule=oneshot pruning.sparsity=0.9975 "
     "finetune.lr=0.0001 channels_last=true seed=0 threads=1": (COMPOSE, "a long run (the stretch, VD at lr 0.01)"),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
+    "pruning.variational.lr_decay=linear pruning.variational.lr=0.005 pruning.schedule=oneshot finetune.lr=0.0001 "
+    "channels_last=true seed=0 threads=1": (COMPOSE, "a long run (VD at lr 0.005)"),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
+    "pruning.variational.lr_decay=linear pruning.variational.lr=0.003 pruning.schedule=oneshot "
+    "pruning.sparsity=0.99643 finetune.lr=0.0001 channels_last=true seed=0 threads=1": (
+        COMPOSE,
+        "a long run (goal 1's VD networks cut at 280x)",
+    ),
     "prunesweep +sweep=default hydra/launcher=joblib hydra.launcher.n_jobs=2": (
         COMPOSE,
         "36 points; joblib grids run in tests/test_sweep.py",
