@@ -125,6 +125,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         COMPOSE,
         "a long run (goal 1's VD networks cut at 280x)",
     ),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
+    "pruning.variational.lr_decay=linear pruning.variational.lr=0.003 pruning.schedule=oneshot finetune.lr=0.0001 "
+    "channels_last=true train.epochs=30 seed=0 threads=1": (COMPOSE, "a long run (30 dense epochs)"),
     "prunesweep +sweep=default hydra/launcher=joblib hydra.launcher.n_jobs=2": (
         COMPOSE,
         "36 points; joblib grids run in tests/test_sweep.py",
