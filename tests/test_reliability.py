@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from prunesweep import experiment
 from prunesweep.config import ConfigError
+from prunesweep.storage import ensure_writable
 
 pytestmark = pytest.mark.slow
 
@@ -165,6 +166,29 @@ def test_read_only_output_folder_is_refused_before_work(make_cfg, tiny_overrides
     # /sys is a read-only file system even for root
     with pytest.raises(ConfigError, match=r"paths\.dense_cache=.* is not a writable folder"):
         experiment.run(make_cfg(*tiny_overrides, "paths.dense_cache=/sys/prunesweep-cache"))
+
+
+def test_runs_starting_together_on_one_folder_all_pass_the_write_probe(tmp_path):
+    # Jobs launched together (a joblib sweep, a SLURM array) probe one cache or store folder at the same moment;
+    # with one shared probe name, one job deleted another's probe and failed with "No such file or directory".
+    workers, calls = 8, 200
+    start, errors = threading.Barrier(workers), []
+
+    def probe_repeatedly() -> None:
+        start.wait(timeout=30)
+        try:
+            for _ in range(calls):
+                ensure_writable(tmp_path)
+        except OSError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=probe_repeatedly) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors[:3]
+    assert list(tmp_path.iterdir()) == [], "every probe is removed"
 
 
 def test_disk_full_while_caching_leaves_no_half_written_checkpoint(make_cfg, tiny_overrides, tmp_path, store_uri):

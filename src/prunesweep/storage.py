@@ -8,10 +8,12 @@ True
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 SQLITE_PREFIX = "sqlite:///"
-PROBE_NAME = ".prunesweep-write-probe"
+PROBE_PREFIX = ".prunesweep-write-probe-"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -24,11 +26,15 @@ def sqlite_path(uri: str) -> Path | None:
 def ensure_writable(folder: str | Path) -> Path:
     """Create ``folder`` and write then delete a probe file; raises ``OSError`` when that fails.
 
-    Callers turn the error into their own type, naming the config key that chose the folder.
+    Callers turn the error into their own type, naming the config key that chose the folder. Each call's probe
+    has its own name: runs that start together on one cache or store folder must not delete each other's probe.
     """
     path = Path(folder).expanduser()
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / PROBE_NAME
-    probe.write_bytes(b"probe")
-    probe.unlink()
+    handle, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=path)
+    try:
+        os.write(handle, b"probe")
+    finally:
+        os.close(handle)
+        os.unlink(probe)
     return path
