@@ -58,6 +58,7 @@ _HASHED_UNLESS_LEGACY = {
     ("finetune", "distill"): dataclasses.asdict(Distillation()),
     ("pruning", "variational"): _variational_identity(dataclasses.asdict(VariationalRecipe())),
     (None, _PRECISION): _FULL_PRECISION,
+    ("data", "train_on_val"): False,
 }
 
 

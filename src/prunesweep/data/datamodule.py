@@ -31,7 +31,9 @@ class MNISTDataModule(InMemoryDataModule):
     ``prepare_data`` fetches and verifies the raw files (see :func:`ensure_raw_files`); ``setup`` loads all
     four files, splits the 60k training images into train / val (``val_size``) with a generator seeded by
     ``split_seed`` — the same split for every run with that seed — and optionally keeps only the first
-    ``train_subset`` of the (shuffled) train part.  Loaders are :class:`InMemoryLoader`.
+    ``train_subset`` of the (shuffled) train part.  ``train_on_val`` trains on all 60k, as the pruning papers do;
+    the validation images are then seen in training, so validation accuracy no longer measures held-out data.
+    Loaders are :class:`InMemoryLoader`.
     """
 
     num_classes: int = 10
@@ -44,6 +46,7 @@ class MNISTDataModule(InMemoryDataModule):
         batch_size: int = 256,
         eval_batch_size: int = 256,
         val_size: int = 5000,
+        train_on_val: bool = False,
         train_subset: int | None = None,
         split_seed: int = 0,
         shuffle_seed: int | None = None,
@@ -63,6 +66,7 @@ class MNISTDataModule(InMemoryDataModule):
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
         self.val_size = int(val_size)
+        self.train_on_val = bool(train_on_val)
         self.train_subset = None if train_subset is None else int(train_subset)
         self.split_seed = int(split_seed)
         # The split stays fixed across runs; the batch order follows the run's seed (default: the split's).
@@ -90,11 +94,11 @@ class MNISTDataModule(InMemoryDataModule):
         n = len(x_all)
         if not 1 <= self.val_size < n:
             raise DataError(f"data.val_size must be in 1..{n - 1}, got {self.val_size}")
-        n_train = n - self.val_size
+        n_train = n if self.train_on_val else n - self.val_size
         if self.train_subset is not None and not 1 <= self.train_subset <= n_train:
             raise DataError(
-                f"data.train_subset must be in 1..{n_train} (the train part left after data.val_size="
-                f"{self.val_size}), or null for all; got {self.train_subset}"
+                f"data.train_subset must be in 1..{n_train} (the train part with data.val_size={self.val_size}, "
+                f"data.train_on_val={self.train_on_val}), or null for all; got {self.train_subset}"
             )
         if self.normalize:
             mean, std = self.spec.mean, self.spec.std
@@ -103,6 +107,9 @@ class MNISTDataModule(InMemoryDataModule):
         # Own generator: the split must not depend on (or disturb) the global RNG state.
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
+        if self.train_on_val:
+            train_idx = perm
+            self.log(f"data.train_on_val=true: the {self.val_size} validation images are also trained on")
         if self.train_subset is not None:
             train_idx = train_idx[: self.train_subset]
         self.x_train, self.y_train = x_all[train_idx], y_all[train_idx]
@@ -119,6 +126,7 @@ class MNISTDataModule(InMemoryDataModule):
         )
         return (
             f"MNISTDataModule(name={self.name!r}, root={str(self.root)!r}, batch_size={self.batch_size}, "
-            f"val_size={self.val_size}, train_subset={self.train_subset}, split_seed={self.split_seed}; "
+            f"val_size={self.val_size}, train_on_val={self.train_on_val}, train_subset={self.train_subset}, "
+            f"split_seed={self.split_seed}; "
             f"{sizes})"
         )

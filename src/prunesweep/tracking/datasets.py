@@ -26,6 +26,8 @@ def split_digest(datamodule: Any, split: str) -> str:
     h = hashlib.md5(usedforsecurity=False)
     if spec is not None and getattr(spec, "md5", None):
         settings = {k: getattr(datamodule, k, None) for k in ("val_size", "train_subset", "split_seed", "normalize")}
+        if getattr(datamodule, "train_on_val", False):  # only then: the digests of every split before it stand
+            settings["train_on_val"] = True
         h.update(json.dumps({"files": dict(spec.md5), "split": split, **settings}, sort_keys=True).encode())
     else:
         h.update(x.detach().cpu().contiguous().numpy().tobytes())
