@@ -277,6 +277,23 @@ def test_pruning_variational_keeps_old_hashes_and_keys_its_trained_model(make_cf
         validate(make_cfg("pruning.variational.lr=0"))
 
 
+def test_data_train_on_val_keeps_old_hashes_off_and_keys_its_own_dense_model_on(make_cfg):
+    """data.train_on_val came after many finished points and cached dense models: off (or absent) it leaves their
+    hashes and keys as they were; on, the dense model trains on other images, so it is another point and model."""
+    old, off, on = (
+        make_cfg("~data.train_on_val"),
+        make_cfg("data.train_on_val=false"),
+        make_cfg("data.train_on_val=true"),
+    )
+    assert (config_hash(off), dense_key(off)) == (config_hash(old), dense_key(old))
+    assert config_hash(on) != config_hash(off) and dense_key(on) != dense_key(off)
+    validate(make_cfg("data.train_on_val=true", "data.train_subset=60000"))
+    with pytest.raises(ConfigError, match=r"data\.train_subset"):
+        validate(make_cfg("data.train_subset=60000"))
+    with pytest.raises(ConfigError, match=r"data\.train_on_val='yes' must be true or false"):
+        validate(make_cfg("data.train_on_val=yes"))
+
+
 def test_variational_recipe_keys_added_later_keep_the_old_identities_at_their_old_values(make_cfg):
     """train_clip and lr_decay came after the first sparse VD results: at false / constant a point's hash, its trained
     model's key and its lineage are what they were without them; at the paper's values they are other ones. With a

@@ -99,8 +99,10 @@ def _check_data(cfg: DictConfig) -> None:
         _choice(cfg, "data.name", tuple(DATASETS))
         images = DATASETS[str(cfg.data.name)].train_images
         _integer(cfg, "data.val_size", low=1, high=None if images is None else images - 1)
+        _boolean(cfg, "data.train_on_val", absent=False)
         if cfg.data.get("train_subset") is not None:
-            high = None if images is None else images - int(cfg.data.val_size)
+            held_out = 0 if cfg.data.get("train_on_val", False) else int(cfg.data.val_size)
+            high = None if images is None else images - held_out
             _integer(cfg, "data.train_subset", low=1, high=high)
     root = Path(str(cfg.data.get("root", "."))).expanduser()
     if root.exists() and not root.is_dir():

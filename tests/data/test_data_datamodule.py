@@ -10,6 +10,7 @@ import torch
 
 from prunesweep.data import DataError, MNISTDataModule, default_data_root, ensure_raw_files, read_idx
 from prunesweep.data.sources import DATASETS, RAW_FILES, DebianSource, NpmSource, file_md5
+from prunesweep.tracking.datasets import split_digest
 
 N_ROWS = {"train-images-idx3-ubyte": 60_000, "train-labels-idx1-ubyte": 60_000,
           "t10k-images-idx3-ubyte": 10_000, "t10k-labels-idx1-ubyte": 10_000}  # fmt: skip
@@ -147,6 +148,29 @@ def test_train_subset_real_mnist(mnist_root: Path) -> None:
     for bad in (0, 55_001):
         with pytest.raises(DataError, match=r"data\.train_subset"):
             MNISTDataModule(root=mnist_root, train_subset=bad, sources=["local"], log=quiet).setup()
+
+
+@pytest.mark.slow
+def test_train_on_val_trains_on_all_60k_and_keeps_the_same_validation_images(mnist_root: Path) -> None:
+    held_out = MNISTDataModule(root=mnist_root, sources=["local"], log=quiet)
+    held_out.setup()
+    logs: list[str] = []
+    dm = MNISTDataModule(root=mnist_root, train_on_val=True, sources=["local"], log=logs.append)
+    dm.setup()
+    assert dm.x_train.shape == (60_000, 1, 28, 28)
+    assert torch.equal(dm.x_val, held_out.x_val) and torch.equal(dm.x_test, held_out.x_test)
+    assert torch.equal(dm.x_train[:5_000], dm.x_val)  # the validation images are trained on, and said so
+    assert torch.equal(dm.x_train[5_000:], held_out.x_train)
+    assert any("5000 validation images are also trained on" in m for m in logs)
+    assert "train=60000" in repr(dm) and "train_on_val=True" in repr(dm)
+    every = MNISTDataModule(root=mnist_root, train_on_val=True, train_subset=60_000, sources=["local"], log=quiet)
+    every.setup()
+    assert torch.equal(every.y_train, dm.y_train)
+    with pytest.raises(DataError, match=r"data\.train_subset must be in 1\.\.60000"):
+        MNISTDataModule(root=mnist_root, train_on_val=True, train_subset=60_001, sources=["local"], log=quiet).setup()
+    digests = {split: (split_digest(held_out, split), split_digest(dm, split)) for split in ("train", "validation")}
+    assert digests["train"][0] != digests["train"][1]  # another training set, another MLflow dataset
+    assert digests["validation"][0] == digests["validation"][1]
 
 
 @pytest.mark.slow

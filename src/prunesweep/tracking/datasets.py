@@ -26,7 +26,7 @@ def split_digest(datamodule: Any, split: str) -> str:
     h = hashlib.md5(usedforsecurity=False)
     if spec is not None and getattr(spec, "md5", None):
         settings = {k: getattr(datamodule, k, None) for k in ("val_size", "train_subset", "split_seed", "normalize")}
-        if getattr(datamodule, "train_on_val", False):  # only then: the digests of every split before it stand
+        if split == "train" and getattr(datamodule, "train_on_val", False):  # only then: earlier digests stand
             settings["train_on_val"] = True
         h.update(json.dumps({"files": dict(spec.md5), "split": split, **settings}, sort_keys=True).encode())
     else:
