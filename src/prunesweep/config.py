@@ -95,11 +95,11 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_data(cfg: DictConfig) -> None:
+    _boolean(cfg, "data.train_on_val", absent=False)
     if cfg.data.get("_target_") == "prunesweep.data.MNISTDataModule":  # sizes known before any file is read
         _choice(cfg, "data.name", tuple(DATASETS))
         images = DATASETS[str(cfg.data.name)].train_images
         _integer(cfg, "data.val_size", low=1, high=None if images is None else images - 1)
-        _boolean(cfg, "data.train_on_val", absent=False)
         if cfg.data.get("train_subset") is not None:
             held_out = 0 if cfg.data.get("train_on_val", False) else int(cfg.data.val_size)
             high = None if images is None else images - held_out

@@ -45,6 +45,21 @@ def test_image_folder_reads_splits_and_normalises_from_the_training_split(tmp_pa
     assert len(data.calibration_batches(2)) == 2
 
 
+def test_image_folder_train_on_val_trains_on_the_validation_images_too(tmp_path):
+    write_mnist_pngs(tmp_path, 300)
+    held_out = ImageFolderDataModule(tmp_path, val_fraction=0.1, test_fraction=0.2, normalize=False, **QUIET)
+    held_out.setup()
+    logs: list[str] = []
+    data = ImageFolderDataModule(
+        tmp_path, val_fraction=0.1, test_fraction=0.2, normalize=False, train_on_val=True, log=logs.append
+    )
+    data.setup()
+    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (240, 30, 60)
+    assert torch.equal(data.x_train, torch.cat([held_out.x_val, held_out.x_train]))
+    assert torch.equal(data.x_test, held_out.x_test)
+    assert any("30 validation images are also trained on" in m for m in logs)
+
+
 def test_image_folder_converts_rgb_and_resizes(tmp_path):
     write_mnist_pngs(tmp_path, 40, rgb=True)
     data = ImageFolderDataModule(tmp_path, input_shape=(3, 16, 16), **QUIET)

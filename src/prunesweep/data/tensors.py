@@ -92,6 +92,7 @@ class TensorDataModule(InMemoryDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         train_subset: int | None = None,
+        train_on_val: bool = False,
         split_seed: int = 0,
         shuffle_seed: int | None = None,
         normalize: bool = True,
@@ -110,6 +111,7 @@ class TensorDataModule(InMemoryDataModule):
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
         self.train_subset = None if train_subset is None else int(train_subset)
+        self.train_on_val = bool(train_on_val)  # the papers' protocol: val is then trained on, not held out
         self.split_seed = int(split_seed)
         self.shuffle_seed = self.split_seed if shuffle_seed is None else int(shuffle_seed)
         self.normalize = normalize
@@ -137,23 +139,10 @@ class TensorDataModule(InMemoryDataModule):
         if self.x_train is not None:  # idempotent: Lightning calls setup once per stage
             return
         pools = {name: (fit_images(x, self.requested_shape), y) for name, (x, y) in self.load().items()}
-        generator = torch.Generator().manual_seed(self.split_seed)  # own RNG: the split never moves
-        if "pool" in pools:
-            (x, y), n = pools["pool"], len(pools["pool"][0])
-            order = torch.randperm(n, generator=generator)
-            n_test, n_val = round(self.test_fraction * n), round(self.val_fraction * n)
-            test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-            self.x_test, self.y_test = x[test], y[test]
-        else:
-            (x, y), n = pools["train"], len(pools["train"][0])
-            order = torch.randperm(n, generator=generator)
-            n_val = round(self.val_fraction * n)
-            val, train = order[:n_val], order[n_val:]
-            self.x_test, self.y_test = pools["test"]
-        if min(len(val), len(train), len(self.x_test)) == 0:
-            raise DataError(
-                f"{n} images are too few for data.val_fraction / data.test_fraction to leave every split one"
-            )
+        x, y, train, val = self._split(pools)
+        if self.train_on_val:
+            train = torch.cat([val, train])
+            self.log(f"data.train_on_val=true: the {len(val)} validation images are also trained on")
         if self.train_subset is not None:
             if not 1 <= self.train_subset <= len(train):
                 raise DataError(
@@ -171,6 +160,27 @@ class TensorDataModule(InMemoryDataModule):
             f"{type(self).__name__}: train={len(train)}, val={len(val)}, test={len(self.x_test)}, "
             f"{self.num_classes} classes, images {self.input_shape}"
         )
+
+    def _split(self, pools: Pools) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The images and labels that train and val index, and those indices; sets the test split."""
+        generator = torch.Generator().manual_seed(self.split_seed)  # own RNG: the split never moves
+        if "pool" in pools:
+            (x, y), n = pools["pool"], len(pools["pool"][0])
+            order = torch.randperm(n, generator=generator)
+            n_test, n_val = round(self.test_fraction * n), round(self.val_fraction * n)
+            test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+            self.x_test, self.y_test = x[test], y[test]
+        else:
+            (x, y), n = pools["train"], len(pools["train"][0])
+            order = torch.randperm(n, generator=generator)
+            n_val = round(self.val_fraction * n)
+            val, train = order[:n_val], order[n_val:]
+            self.x_test, self.y_test = pools["test"]
+        if min(len(val), len(train), len(self.x_test)) == 0:
+            raise DataError(
+                f"{n} images are too few for data.val_fraction / data.test_fraction to leave every split one"
+            )
+        return x, y, train, val
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(batch_size={self.batch_size}, split_seed={self.split_seed})"
