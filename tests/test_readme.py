@@ -138,6 +138,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pruning.variational.lr_decay=linear pruning.variational.lr=0.003 pruning.variational.epochs=60 "
     "pruning.schedule=oneshot pruning.sparsity=0.9975 finetune.lr=0.0001 channels_last=true train.epochs=30 seed=0 "
     "threads=1": (COMPOSE, "a long run (the stretch on 60 VD epochs)"),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
+    "pruning.variational.lr_decay=linear pruning.variational.lr=0.003 pruning.schedule=oneshot finetune.lr=0.0001 "
+    "channels_last=true train.epochs=30 data.train_on_val=true seed=0 threads=1": (COMPOSE, "a long run (goal 1, 60k)"),
+    "prunesweep +sweep=frontier +frontier=unstructured_global_285xw_variational pruning.variational.train_clip=true "
+    "pruning.variational.lr_decay=linear pruning.variational.lr=0.003 pruning.schedule=oneshot pruning.sparsity=0.9975 "
+    "finetune.lr=0.0001 channels_last=true train.epochs=30 data.train_on_val=true seed=0 threads=1": (
+        COMPOSE,
+        "a long run (the stretch, 60k)",
+    ),
     "prunesweep +sweep=default hydra/launcher=joblib hydra.launcher.n_jobs=2": (
         COMPOSE,
         "36 points; joblib grids run in tests/test_sweep.py",
