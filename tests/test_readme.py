@@ -147,6 +147,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         COMPOSE,
         "a long run (the stretch, 60k)",
     ),
+    "prunesweep +sweep=frontier +frontier=lenet300_unstructured_global_70xw_distill finetune.epochs=64 "
+    "data.train_on_val=true hydra/launcher=joblib hydra.launcher.n_jobs=3 threads=1": (
+        COMPOSE,
+        "a long run (goal 3 like for like, 60k)",
+    ),
     "prunesweep +sweep=default hydra/launcher=joblib hydra.launcher.n_jobs=2": (
         COMPOSE,
         "36 points; joblib grids run in tests/test_sweep.py",
