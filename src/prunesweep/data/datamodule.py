@@ -106,10 +106,8 @@ class MNISTDataModule(InMemoryDataModule):
             x_test.sub_(mean).div_(std)
         # Own generator: the split must not depend on (or disturb) the global RNG state.
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-        val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
-        if self.train_on_val:
-            train_idx = perm
-            self.log(f"data.train_on_val=true: the {self.val_size} validation images are also trained on")
+        val_idx = perm[: self.val_size]
+        train_idx = self._training_indices(perm[self.val_size :], val_idx)
         if self.train_subset is not None:
             train_idx = train_idx[: self.train_subset]
         self.x_train, self.y_train = x_all[train_idx], y_all[train_idx]

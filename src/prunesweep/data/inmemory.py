@@ -6,6 +6,8 @@ A subclass fills ``x_train``/``y_train``/``x_val``/``y_val``/``x_test``/``y_test
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytorch_lightning as pl
 import torch
 
@@ -22,6 +24,8 @@ class InMemoryDataModule(pl.LightningDataModule):
     batch_size: int
     eval_batch_size: int
     shuffle_seed: int
+    train_on_val: bool = False
+    log: Callable[[str], None] = print
     x_train: torch.Tensor | None = None
     y_train: torch.Tensor | None = None
     x_val: torch.Tensor | None = None
@@ -34,6 +38,14 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def __str__(self) -> str:  # the subclass's __repr__, not Lightning's
         return repr(self)
+
+    def _training_indices(self, train: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+        """``train``'s indices, led by ``val``'s when ``train_on_val`` (the pruning papers' protocol): then the
+        validation images are trained on too, and the run says so."""
+        if not self.train_on_val:
+            return train
+        self.log(f"data.train_on_val=true: the {len(val)} validation images are also trained on")
+        return torch.cat([val, train])
 
     def _ready(self) -> None:
         if self.x_train is None:

@@ -140,9 +140,7 @@ class TensorDataModule(InMemoryDataModule):
             return
         pools = {name: (fit_images(x, self.requested_shape), y) for name, (x, y) in self.load().items()}
         x, y, train, val = self._split(pools)
-        if self.train_on_val:
-            train = torch.cat([val, train])
-            self.log(f"data.train_on_val=true: the {len(val)} validation images are also trained on")
+        train = self._training_indices(train, val)
         if self.train_subset is not None:
             if not 1 <= self.train_subset <= len(train):
                 raise DataError(
